@@ -1,0 +1,188 @@
+"""Reduce a DICOM header to the allow-listed fields (DESIGN.md, Privacy).
+
+One extraction path for every source: a DICOM JSON model object (Kafka topic,
+JSONL file) is first turned into a pydicom ``Dataset`` and then goes through the
+same :func:`metadata_from_dataset` that the C-STORE receiver and the folder
+ingester use. Patient names, birth dates and free-text attributes are read only
+to derive an age band, and are never copied into the event.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.multival import MultiValue
+
+from connectors.events import DicomMetadataEvent, SourcePosition
+from surveillance.errors import InvalidRecord
+
+#: Attributes stored as values (device and acquisition fields).
+ALLOWED_KEYWORDS: tuple[str, ...] = (
+    "Modality",
+    "StudyDate",
+    "Manufacturer",
+    "ManufacturerModelName",
+    "SoftwareVersions",
+    "ConvolutionKernel",
+    "SliceThickness",
+    "KVP",
+    "PixelSpacing",
+    "MagneticFieldStrength",
+    "BodyPartExamined",
+    "ViewPosition",
+    "PatientSex",
+)
+#: Attributes stored only as keyed-HMAC pseudonyms.
+IDENTIFIER_KEYWORDS: tuple[str, ...] = (
+    "StudyInstanceUID",
+    "PatientID",
+    "AccessionNumber",
+    "StationName",
+    "InstitutionName",
+)
+
+AGE_BAND_WIDTH = 10
+AGE_BAND_TOP = 90  # everything from 90 up is one band, as in HIPAA Safe Harbor
+
+
+def age_band(years: int) -> str:
+    """Decade band ("40-49"), with one open band for 90 and over."""
+    if years < 0:
+        raise InvalidRecord(f"patient age must not be negative, got {years}")
+    if years >= AGE_BAND_TOP:
+        return f"{AGE_BAND_TOP}+"
+    low = (years // AGE_BAND_WIDTH) * AGE_BAND_WIDTH
+    return f"{low}-{low + AGE_BAND_WIDTH - 1}"
+
+
+def _age_years_from_as(value: str) -> int:
+    """Parse a DICOM Age String ("045Y", "006M", "012W", "003D")."""
+    value = value.strip()
+    if len(value) != 4 or not value[:3].isdigit() or value[3] not in "DWMY":
+        raise InvalidRecord(f"PatientAge {value!r} is not a DICOM age string like '045Y'")
+    number, unit = int(value[:3]), value[3]
+    return {"Y": number, "M": number // 12, "W": number // 52, "D": number // 365}[unit]
+
+
+def _parse_da(value: Any, keyword: str) -> date | None:
+    text = str(value).strip()
+    if not text:
+        return None
+    if len(text) != 8 or not text.isdigit():
+        raise InvalidRecord(f"{keyword} {text!r} is not a DICOM date YYYYMMDD")
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError as exc:
+        raise InvalidRecord(f"{keyword} {text!r} is not a valid date") from exc
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, MultiValue | list | tuple):
+        joined = "\\".join(str(v) for v in value)
+        return joined or None
+    return str(value).strip() or None
+
+
+def _number(ds: Dataset, keyword: str) -> float | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    if isinstance(value, MultiValue | list | tuple):
+        if not value:
+            return None
+        value = value[0]
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRecord(f"{keyword} {value!r} is not a number") from exc
+    if number != number or number < 0:  # NaN or negative
+        raise InvalidRecord(f"{keyword} {value!r} is out of range (must be >= 0)")
+    return number
+
+
+def _age_band(ds: Dataset, study_date: date | None) -> str | None:
+    age = ds.get("PatientAge")
+    if age:
+        return age_band(_age_years_from_as(str(age)))
+    birth = ds.get("PatientBirthDate")
+    if birth and study_date is not None:
+        born = _parse_da(birth, "PatientBirthDate")
+        if born is None:
+            return None
+        years = study_date.year - born.year - (
+            (study_date.month, study_date.day) < (born.month, born.day)
+        )
+        return age_band(years)
+    return None
+
+
+def metadata_from_dataset(
+    ds: Dataset, position: SourcePosition | None = None
+) -> DicomMetadataEvent:
+    """The allow-listed, privacy-reduced header of ``ds``."""
+    study_uid = _text(ds, "StudyInstanceUID")
+    if not study_uid:
+        raise InvalidRecord("DICOM header has no StudyInstanceUID (0020,000D)")
+    study_date = _parse_da(ds.get("StudyDate", ""), "StudyDate")
+    sex = _text(ds, "PatientSex")
+    if sex is not None:
+        sex = sex.upper()
+        if sex not in ("M", "F", "O"):
+            raise InvalidRecord(f"PatientSex {sex!r} must be M, F or O")
+    return DicomMetadataEvent(
+        study_instance_uid=study_uid,
+        patient_id=_text(ds, "PatientID"),
+        accession_number=_text(ds, "AccessionNumber"),
+        station_name=_text(ds, "StationName"),
+        institution_name=_text(ds, "InstitutionName"),
+        modality=_text(ds, "Modality"),
+        study_date=study_date,
+        manufacturer=_text(ds, "Manufacturer"),
+        manufacturer_model_name=_text(ds, "ManufacturerModelName"),
+        software_versions=_text(ds, "SoftwareVersions"),
+        convolution_kernel=_text(ds, "ConvolutionKernel"),
+        slice_thickness=_number(ds, "SliceThickness"),
+        kvp=_number(ds, "KVP"),
+        pixel_spacing=_number(ds, "PixelSpacing"),
+        magnetic_field_strength=_number(ds, "MagneticFieldStrength"),
+        body_part_examined=_text(ds, "BodyPartExamined"),
+        view_position=_text(ds, "ViewPosition"),
+        patient_sex=sex,
+        age_band=_age_band(ds, study_date),
+        position=position,
+    )
+
+
+def metadata_from_dicom_json(
+    obj: Any, position: SourcePosition | None = None
+) -> DicomMetadataEvent:
+    """Parse one header in the DICOM JSON model (PS3.18 F.2)."""
+    if not isinstance(obj, dict):
+        raise InvalidRecord("a dicom-metadata record must be a JSON object in the DICOM JSON model")
+    try:
+        ds = Dataset.from_json(obj)
+    except Exception as exc:  # pydicom raises many types for malformed JSON models
+        raise InvalidRecord(f"not a valid DICOM JSON model header: {exc}") from exc
+    return metadata_from_dataset(ds, position)
+
+
+def dataset_to_dicom_json(ds: Dataset) -> dict[str, Any]:
+    """The DICOM JSON model of ``ds`` (used by producers and the synthetic feed)."""
+    result: dict[str, Any] = json.loads(ds.to_json())
+    return result
+
+
+__all__ = [
+    "ALLOWED_KEYWORDS",
+    "IDENTIFIER_KEYWORDS",
+    "age_band",
+    "dataset_to_dicom_json",
+    "metadata_from_dataset",
+    "metadata_from_dicom_json",
+]
