@@ -1,0 +1,428 @@
+"""ORM models: the tables named in DESIGN.md ("Store").
+
+Rows never leave ``surveillance.store``: callers get the domain objects in
+:mod:`surveillance.store.domain`. The schema changes only through ``alembic/``;
+``Base.metadata`` is what the migration test compares the live database with.
+
+Identifiers (StudyInstanceUID, PatientID, AccessionNumber, StationName,
+InstitutionName) exist here only as keyed HMAC-SHA256 pseudonyms (64 hex chars).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from surveillance.store.types import JSONDoc, UTCDateTime, utcnow
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+PSEUDONYM = String(64)
+OPEN_INCIDENT_STATUSES = ("open", "acknowledged", "investigating")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSONDoc,
+    }
+
+
+def _id() -> Mapped[int]:
+    return mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+
+
+class ModelRow(Base):
+    __tablename__ = "model"
+    id: Mapped[int] = _id()
+    name: Mapped[str] = mapped_column(String(128), unique=True, comment="Registered model name")
+    version: Mapped[str] = mapped_column(String(64), comment="Version cleared and deployed")
+    manufacturer: Mapped[str | None] = mapped_column(String(256), comment="Legal manufacturer")
+    intended_use: Mapped[str] = mapped_column(Text, comment="Intended use statement")
+    findings: Mapped[dict[str, Any]] = mapped_column(
+        comment="Finding name -> operating threshold on the score"
+    )
+    registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BaselineRow(Base):
+    """One clearance-study figure: what the model must keep delivering."""
+
+    __tablename__ = "clearance_baseline"
+    __table_args__ = (
+        UniqueConstraint("model_id", "finding", "metric", "stratum", name="uq_baseline_key"),
+        CheckConstraint("alert_limit >= 0 AND alert_limit <= 1", name="alert_limit_range"),
+    )
+    id: Mapped[int] = _id()
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"))
+    finding: Mapped[str] = mapped_column(String(128))
+    metric: Mapped[str] = mapped_column(String(32), comment="sensitivity, specificity, auroc, ...")
+    stratum: Mapped[str] = mapped_column(String(128), comment="'overall' or e.g. 'sex=F'")
+    value: Mapped[float] = mapped_column(Float, comment="Point estimate in the clearance study")
+    ci_lower: Mapped[float | None] = mapped_column(Float)
+    ci_upper: Mapped[float | None] = mapped_column(Float)
+    alert_limit: Mapped[float] = mapped_column(Float, comment="Live value below this breaches")
+    source_document: Mapped[str] = mapped_column(Text, comment="Where the figure is documented")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SiteRow(Base):
+    __tablename__ = "site"
+    id: Mapped[int] = _id()
+    pseudonym: Mapped[str] = mapped_column(
+        PSEUDONYM, unique=True, comment="HMAC of InstitutionName"
+    )
+    label: Mapped[str] = mapped_column(String(128), comment="Display name chosen by the operator")
+
+
+class DeviceRow(Base):
+    """A scanner: a station at a site. Its software version is recorded per study."""
+
+    __tablename__ = "device"
+    __table_args__ = (
+        UniqueConstraint(
+            "site_id", "station_pseudonym", "manufacturer", "model_name", name="uq_device_key"
+        ),
+    )
+    id: Mapped[int] = _id()
+    site_id: Mapped[int] = mapped_column(ForeignKey("site.id"))
+    station_pseudonym: Mapped[str] = mapped_column(PSEUDONYM, comment="HMAC of StationName")
+    manufacturer: Mapped[str] = mapped_column(String(128))
+    model_name: Mapped[str] = mapped_column(String(128))
+    label: Mapped[str] = mapped_column(String(256), comment="Display name: vendor model @ site")
+
+
+class StudyRow(Base):
+    """One imaging study. Created by whichever event names it first."""
+
+    __tablename__ = "study"
+    __table_args__ = (Index("ix_study_site_studied", "site_id", "studied_at"),)
+    id: Mapped[int] = _id()
+    uid_pseudonym: Mapped[str] = mapped_column(
+        PSEUDONYM, unique=True, comment="HMAC of StudyInstanceUID"
+    )
+    patient_pseudonym: Mapped[str | None] = mapped_column(PSEUDONYM)
+    accession_pseudonym: Mapped[str | None] = mapped_column(PSEUDONYM)
+    site_id: Mapped[int | None] = mapped_column(ForeignKey("site.id"))
+    device_id: Mapped[int | None] = mapped_column(ForeignKey("device.id"), index=True)
+    studied_at: Mapped[datetime | None] = mapped_column(comment="Study date (or first prediction)")
+    modality: Mapped[str | None] = mapped_column(String(16))
+    software_versions: Mapped[str | None] = mapped_column(String(128))
+    convolution_kernel: Mapped[str | None] = mapped_column(String(64))
+    slice_thickness: Mapped[float | None] = mapped_column(Float)
+    kvp: Mapped[float | None] = mapped_column(Float)
+    pixel_spacing: Mapped[float | None] = mapped_column(Float)
+    magnetic_field_strength: Mapped[float | None] = mapped_column(Float)
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    view_position: Mapped[str | None] = mapped_column(String(16))
+    sex: Mapped[str | None] = mapped_column(String(1))
+    age_band: Mapped[str | None] = mapped_column(String(8))
+    has_metadata: Mapped[bool] = mapped_column(Boolean, default=False)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PredictionRow(Base):
+    """One score for one finding of one study."""
+
+    __tablename__ = "prediction"
+    __table_args__ = (
+        UniqueConstraint("message_id", "finding", name="uq_prediction_message_finding"),
+        CheckConstraint("score >= 0 AND score <= 1", name="score_range"),
+        Index("ix_prediction_model_time", "model_id", "predicted_at"),
+    )
+    id: Mapped[int] = _id()
+    message_id: Mapped[str] = mapped_column(String(256))
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id"))
+    model_version: Mapped[str] = mapped_column(String(64))
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"), index=True)
+    finding: Mapped[str] = mapped_column(String(128))
+    score: Mapped[float] = mapped_column(Float)
+    predicted_at: Mapped[datetime] = mapped_column()
+    ingested_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DiagnosisRow(Base):
+    """A clinician-confirmed ground truth, possibly weeks after the prediction."""
+
+    __tablename__ = "diagnosis"
+    __table_args__ = (
+        UniqueConstraint("message_id", name="uq_diagnosis_message_id"),
+        Index("ix_diagnosis_study_finding", "study_id", "finding"),
+    )
+    id: Mapped[int] = _id()
+    message_id: Mapped[str] = mapped_column(String(256))
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"))
+    finding: Mapped[str] = mapped_column(String(128))
+    present: Mapped[bool] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(String(32))
+    confirmed_at: Mapped[datetime] = mapped_column()
+    ingested_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EmbeddingRow(Base):
+    __tablename__ = "embedding"
+    __table_args__ = (
+        UniqueConstraint("study_id", "extractor", "extractor_version", name="uq_embedding_key"),
+    )
+    id: Mapped[int] = _id()
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id"))
+    extractor: Mapped[str] = mapped_column(String(64))
+    extractor_version: Mapped[str] = mapped_column(String(32))
+    dim: Mapped[int] = mapped_column(Integer)
+    vector: Mapped[bytes] = mapped_column(LargeBinary, comment="float32 little-endian")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReferenceSetRow(Base):
+    """The data a window is compared with: a frozen clearance set or a rolling period."""
+
+    __tablename__ = "reference_set"
+    __table_args__ = (UniqueConstraint("model_id", "name", name="uq_reference_set_name"),)
+    id: Mapped[int] = _id()
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id"))
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16), comment="clearance | rolling")
+    period_start: Mapped[datetime] = mapped_column()
+    period_end: Mapped[datetime] = mapped_column()
+    frozen: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class JobRunRow(Base):
+    """One run of a scheduled job; (job_id, scheduled_for) is unique so none doubles."""
+
+    __tablename__ = "job_run"
+    __table_args__ = (UniqueConstraint("job_id", "scheduled_for", name="uq_job_run_key"),)
+    id: Mapped[int] = _id()
+    job_id: Mapped[str] = mapped_column(String(64))
+    scheduled_for: Mapped[datetime] = mapped_column()
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16), comment="running | succeeded | failed")
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+def _stratum_kind() -> Mapped[str]:
+    return mapped_column(String(32), comment="overall | site | scanner | sex | age_band")
+
+
+def _stratum_value() -> Mapped[str]:
+    return mapped_column(String(256), comment="Stratum value (site/scanner label, 'F', ...)")
+
+
+class DriftCheckRow(Base):
+    __tablename__ = "drift_check"
+    __table_args__ = (
+        UniqueConstraint(
+            "model_id", "detector", "signal", "stratum_kind", "stratum_value",
+            "window_start", "window_end", name="uq_drift_check_window",
+        ),
+        Index("ix_drift_check_model_window", "model_id", "window_end"),
+    )
+    id: Mapped[int] = _id()
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id"))
+    reference_set_id: Mapped[int | None] = mapped_column(ForeignKey("reference_set.id"))
+    job_run_id: Mapped[int | None] = mapped_column(ForeignKey("job_run.id"))
+    detector: Mapped[str] = mapped_column(String(32))
+    signal: Mapped[str] = mapped_column(
+        String(128), comment="What was tested, e.g. score:pneumothorax"
+    )
+    stratum_kind: Mapped[str] = _stratum_kind()
+    stratum_value: Mapped[str] = _stratum_value()
+    window_start: Mapped[datetime] = mapped_column()
+    window_end: Mapped[datetime] = mapped_column()
+    status: Mapped[str] = mapped_column(String(24), comment="ok | drift | insufficient_data")
+    statistic: Mapped[float | None] = mapped_column(Float)
+    p_value: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    n_reference: Mapped[int] = mapped_column(Integer)
+    n_window: Mapped[int] = mapped_column(Integer)
+    details: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PerformanceCheckRow(Base):
+    __tablename__ = "performance_check"
+    __table_args__ = (
+        UniqueConstraint(
+            "model_id", "finding", "metric", "stratum_kind", "stratum_value",
+            "window_start", "window_end", "estimated", name="uq_performance_check_window",
+        ),
+        Index("ix_performance_check_model_window", "model_id", "window_end"),
+    )
+    id: Mapped[int] = _id()
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id"))
+    job_run_id: Mapped[int | None] = mapped_column(ForeignKey("job_run.id"))
+    finding: Mapped[str] = mapped_column(String(128))
+    metric: Mapped[str] = mapped_column(String(32))
+    stratum_kind: Mapped[str] = _stratum_kind()
+    stratum_value: Mapped[str] = _stratum_value()
+    window_start: Mapped[datetime] = mapped_column()
+    window_end: Mapped[datetime] = mapped_column()
+    estimated: Mapped[bool] = mapped_column(Boolean, default=False, comment="Label-free estimate")
+    status: Mapped[str] = mapped_column(
+        String(24), comment="ok | warning | breach | insufficient_data"
+    )
+    value: Mapped[float | None] = mapped_column(Float)
+    ci_lower: Mapped[float | None] = mapped_column(Float)
+    ci_upper: Mapped[float | None] = mapped_column(Float)
+    n: Mapped[int] = mapped_column(Integer, comment="Cases in the metric's denominator")
+    labelled_fraction: Mapped[float | None] = mapped_column(Float)
+    baseline_value: Mapped[float | None] = mapped_column(Float)
+    alert_limit: Mapped[float | None] = mapped_column(Float)
+    details: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class IncidentRow(Base):
+    """A PMS incident: one open per (model, signal, stratum), updated with new evidence."""
+
+    __tablename__ = "incident"
+    __table_args__ = (
+        Index(
+            "uq_incident_open_dedup_key",
+            "dedup_key",
+            unique=True,
+            postgresql_where=text("status <> 'closed'"),
+            sqlite_where=text("status <> 'closed'"),
+        ),
+        CheckConstraint(
+            "status IN ('open', 'acknowledged', 'investigating', 'closed')", name="status_valid"
+        ),
+    )
+    id: Mapped[int] = _id()
+    dedup_key: Mapped[str] = mapped_column(String(512))
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id"))
+    signal_kind: Mapped[str] = mapped_column(String(16), comment="drift | performance")
+    signal: Mapped[str] = mapped_column(String(128))
+    stratum_kind: Mapped[str] = _stratum_kind()
+    stratum_value: Mapped[str] = _stratum_value()
+    severity: Mapped[str] = mapped_column(String(16), comment="low | medium | high | critical")
+    status: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(String(512))
+    summary: Mapped[str] = mapped_column(Text, comment="Generated from check results, no PHI")
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    aware_at: Mapped[datetime] = mapped_column(comment="When the manufacturer became aware")
+    last_evidence_at: Mapped[datetime] = mapped_column()
+    acknowledged_at: Mapped[datetime | None] = mapped_column()
+    acknowledged_by: Mapped[str | None] = mapped_column(String(128))
+    closed_at: Mapped[datetime | None] = mapped_column()
+    resolution: Mapped[str | None] = mapped_column(Text)
+    capa_reference: Mapped[str | None] = mapped_column(String(128))
+    vigilance_class: Mapped[str] = mapped_column(
+        String(48),
+        comment="assessment_pending | not_reportable | serious_incident | "
+        "serious_public_health_threat | death_or_serious_deterioration",
+    )
+    remedial_action: Mapped[bool] = mapped_column(Boolean, default=False)
+    mdr_deadline_at: Mapped[datetime | None] = mapped_column(comment="EU MDR Art. 87 deadline")
+    fda_deadline_at: Mapped[datetime | None] = mapped_column(comment="21 CFR 803 deadline")
+    reported_at: Mapped[datetime | None] = mapped_column()
+
+
+class IncidentEventRow(Base):
+    """The incident timeline: opened, evidence added, acknowledged, closed, ..."""
+
+    __tablename__ = "incident_event"
+    id: Mapped[int] = _id()
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incident.id"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(128))
+    note: Mapped[str | None] = mapped_column(Text)
+    drift_check_id: Mapped[int | None] = mapped_column(ForeignKey("drift_check.id"))
+    performance_check_id: Mapped[int | None] = mapped_column(ForeignKey("performance_check.id"))
+
+
+class AlertDeliveryRow(Base):
+    __tablename__ = "alert_delivery"
+    __table_args__ = (
+        UniqueConstraint("incident_id", "channel", "kind", name="uq_alert_delivery_key"),
+    )
+    id: Mapped[int] = _id()
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incident.id"))
+    channel: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16), comment="open | resolve")
+    status: Mapped[str] = mapped_column(String(16), comment="pending | delivered | failed")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+    delivered_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column()
+
+
+class DeadLetterRow(Base):
+    """A rejected record: the reason, where it came from, and a privacy-safe payload."""
+
+    __tablename__ = "dead_letter"
+    __table_args__ = (
+        UniqueConstraint(
+            "source", "locator", "partition", "offset", name="uq_dead_letter_position"
+        ),
+    )
+    id: Mapped[int] = _id()
+    source: Mapped[str] = mapped_column(String(16))
+    locator: Mapped[str] = mapped_column(String(1024), comment="Topic or local file path")
+    partition: Mapped[int] = mapped_column(Integer, default=-1)
+    offset: Mapped[int] = mapped_column(BigInteger, default=-1)
+    kind: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    payload: Mapped[str | None] = mapped_column(
+        Text, comment="Record with identifiers pseudonymised and PHI removed; NULL if unparseable"
+    )
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    payload_bytes: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    replayed_at: Mapped[datetime | None] = mapped_column()
+
+
+class ConsumerOffsetRow(Base):
+    """Next offset to read per (group, topic, partition), committed with the rows."""
+
+    __tablename__ = "consumer_offset"
+    consumer_group: Mapped[str] = mapped_column(String(128), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(256), primary_key=True)
+    partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    next_offset: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEventRow(Base):
+    """Hash-chained audit log: hash = SHA-256(prev_hash + canonical JSON of the row)."""
+
+    __tablename__ = "audit_event"
+    __table_args__ = (UniqueConstraint("seq", name="uq_audit_event_seq"),)
+    id: Mapped[int] = _id()
+    seq: Mapped[int] = mapped_column(BigInteger, comment="1, 2, 3, ... without gaps")
+    at: Mapped[datetime] = mapped_column()
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    entity: Mapped[str] = mapped_column(String(64))
+    entity_id: Mapped[str] = mapped_column(String(128))
+    detail: Mapped[dict[str, Any]] = mapped_column()
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
