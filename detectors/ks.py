@@ -139,9 +139,11 @@ class KSDetector(Detector, key="ks"):
         return arr
 
     def _names(self, d: int) -> list[str]:
-        return self.feature_names if self.feature_names is not None else [
-            f"feature_{i}" for i in range(d)
-        ]
+        return (
+            self.feature_names
+            if self.feature_names is not None
+            else [f"feature_{i}" for i in range(d)]
+        )
 
     def _check_counts(self, data: np.ndarray, what: str) -> None:
         counts = np.sum(~np.isnan(data), axis=0)

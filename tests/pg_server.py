@@ -78,8 +78,9 @@ def find_bindir() -> Path:
     for candidate in candidates:
         if _has_server_binaries(candidate):
             return candidate
-    raise RuntimeError(f"PostgreSQL server binaries (initdb, pg_ctl, postgres) not found: "
-                       f"{_INSTALL_HINT}")
+    raise RuntimeError(
+        f"PostgreSQL server binaries (initdb, pg_ctl, postgres) not found: {_INSTALL_HINT}"
+    )
 
 
 def _free_port() -> int:
@@ -155,22 +156,18 @@ class PostgresServer:
                 account = pwd.getpwnam(SUPERUSER)
                 os.chown(base, account.pw_uid, account.pw_gid)
             data = base / "data"
-            self._run(
-                [*runuser, str(bindir / "initdb"), "-D", str(data), "-U", SUPERUSER,
-                 "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"],
-                what="initdb",
-            )
+            initdb = [str(bindir / "initdb"), "-D", str(data), "-U", SUPERUSER]
+            initdb += ["-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]
+            self._run([*runuser, *initdb], what="initdb")
             for attempt in range(1, self._start_attempts + 1):
                 port = _free_port()
-                options = (
-                    f"-k {shlex.quote(str(base))} -p {port} "
-                    f"-c listen_addresses={HOST} -c fsync=off"
-                )
+                options = f"-k {shlex.quote(str(base))} -p {port} -c listen_addresses={HOST}"
+                options += " -c fsync=off"
+                pg_ctl = [str(bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data)]
+                pg_ctl += ["-l", str(self.log_path), "-o", options]
                 self.log_path.unlink(missing_ok=True)
                 result = subprocess.run(
-                    [*runuser, str(bindir / "pg_ctl"), "start", "-w", "-t", "60",
-                     "-D", str(data), "-l", str(self.log_path), "-o", options],
-                    capture_output=True, text=True, check=False, cwd=base,
+                    [*runuser, *pg_ctl], capture_output=True, text=True, check=False, cwd=base
                 )
                 if result.returncode == 0:
                     self._port = port
@@ -247,8 +244,9 @@ class PostgresServer:
     def _runuser_prefix() -> list[str]:
         runuser = shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
         if runuser is None:
-            raise RuntimeError("running as root needs `runuser` (util-linux) to drop to the "
-                               f"'{SUPERUSER}' user")
+            raise RuntimeError(
+                f"running as root needs `runuser` (util-linux) to drop to the '{SUPERUSER}' user"
+            )
         try:
             pwd.getpwnam(SUPERUSER)
         except KeyError:
@@ -259,27 +257,23 @@ class PostgresServer:
         return [runuser, "-u", SUPERUSER, "--"]
 
     def _run(self, command: list[str], what: str) -> None:
-        result = subprocess.run(
-            command, capture_output=True, text=True, check=False, cwd=self._dir
-        )
+        result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=self._dir)
         if result.returncode != 0:
             raise RuntimeError(
                 f"{what} failed (exit {result.returncode}): {shlex.join(command)}\n"
                 f"{result.stdout}{result.stderr}"
             )
 
-    def _pg_ctl_stop(
-        self, runuser: list[str], bindir: Path, modes: tuple[str, ...]
-    ) -> str | None:
+    def _pg_ctl_stop(self, runuser: list[str], bindir: Path, modes: tuple[str, ...]) -> str | None:
         """Try each shutdown mode in turn; return the last error, or None once stopped."""
         if self._dir is None or not (self._dir / "data" / "postmaster.pid").exists():
             return None
         error: str | None = None
         for mode in modes:
+            pg_ctl = [str(bindir / "pg_ctl"), "stop", "-w", "-t", "60", "-m", mode]
+            pg_ctl += ["-D", str(self._dir / "data")]
             result = subprocess.run(
-                [*runuser, str(bindir / "pg_ctl"), "stop", "-w", "-t", "60",
-                 "-D", str(self._dir / "data"), "-m", mode],
-                capture_output=True, text=True, check=False, cwd=self._dir,
+                [*runuser, *pg_ctl], capture_output=True, text=True, check=False, cwd=self._dir
             )
             if result.returncode == 0:
                 return None

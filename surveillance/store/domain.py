@@ -1,0 +1,322 @@
+"""Domain objects: what the store hands out and takes in. Never ORM rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    finding: str
+    metric: str
+    stratum: str
+    value: float
+    ci_lower: float | None
+    ci_upper: float | None
+    alert_limit: float
+    source_document: str
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: int
+    name: str
+    version: str
+    manufacturer: str | None
+    intended_use: str
+    findings: dict[str, float]  # finding -> operating threshold
+    baselines: tuple[Baseline, ...]
+
+    def baseline(self, finding: str, metric: str, stratum: str = "overall") -> Baseline | None:
+        """The stratum's own baseline if one exists, else the overall one."""
+        fallback = None
+        for b in self.baselines:
+            if b.finding == finding and b.metric == metric:
+                if b.stratum == stratum:
+                    return b
+                if b.stratum == "overall":
+                    fallback = b
+        return fallback
+
+
+# ---- ingest records: pseudonymised, validated, ready to write -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionRecord:
+    message_id: str
+    model_id: int
+    model_version: str
+    study_uid_pseudonym: str
+    finding: str
+    score: float
+    predicted_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StudyMetadataRecord:
+    uid_pseudonym: str
+    patient_pseudonym: str | None
+    accession_pseudonym: str | None
+    site_pseudonym: str
+    station_pseudonym: str
+    manufacturer: str
+    model_name: str
+    studied_at: datetime | None
+    modality: str | None
+    software_versions: str | None
+    convolution_kernel: str | None
+    slice_thickness: float | None
+    kvp: float | None
+    pixel_spacing: float | None
+    magnetic_field_strength: float | None
+    body_part: str | None
+    view_position: str | None
+    sex: str | None
+    age_band: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnosisRecord:
+    message_id: str
+    study_uid_pseudonym: str
+    finding: str
+    present: bool
+    source: str
+    confirmed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    source: str
+    locator: str
+    partition: int
+    offset: int
+    kind: str | None
+    reason: str
+    payload: str | None
+    payload_sha256: str
+    payload_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class OffsetRecord:
+    consumer_group: str
+    topic: str
+    partition: int
+    next_offset: int
+
+
+@dataclass(slots=True)
+class IngestBatch:
+    predictions: list[PredictionRecord] = field(default_factory=list)
+    metadata: list[StudyMetadataRecord] = field(default_factory=list)
+    diagnoses: list[DiagnosisRecord] = field(default_factory=list)
+    dead_letters: list[DeadLetterRecord] = field(default_factory=list)
+    offsets: list[OffsetRecord] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.predictions) + len(self.metadata) + len(self.diagnoses) + len(
+            self.dead_letters
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IngestCounts:
+    """What one batch did: new rows written and duplicates ignored, by kind."""
+
+    predictions_new: int = 0
+    predictions_duplicate: int = 0
+    metadata: int = 0
+    diagnoses_new: int = 0
+    diagnoses_duplicate: int = 0
+    dead_letters: int = 0
+
+    def __add__(self, other: IngestCounts) -> IngestCounts:
+        return IngestCounts(
+            *(getattr(self, f.name) + getattr(other, f.name) for f in fields(IngestCounts))
+        )
+
+
+# ---- what the jobs read -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CaseTable:
+    """Predictions of one model and finding, joined with study metadata and labels.
+
+    Columns are numpy arrays of equal length; ``label`` is 1/0 where a confirmed
+    diagnosis exists and -1 where none has arrived yet.
+    """
+
+    score: np.ndarray
+    predicted_at: np.ndarray  # datetime64[us], UTC
+    site: np.ndarray  # object: site label
+    scanner: np.ndarray  # object: device label
+    label: np.ndarray  # int8: 1, 0, or -1 (unlabelled)
+    confirmed_at: np.ndarray  # datetime64[us]; NaT when unlabelled
+    categorical: dict[str, np.ndarray]  # software_versions, convolution_kernel, sex, ...
+    numeric: dict[str, np.ndarray]  # kvp, pixel_spacing, ... (float, nan when missing)
+
+    def __len__(self) -> int:
+        return int(self.score.shape[0])
+
+    def select(self, mask: np.ndarray) -> CaseTable:
+        return CaseTable(
+            score=self.score[mask],
+            predicted_at=self.predicted_at[mask],
+            site=self.site[mask],
+            scanner=self.scanner[mask],
+            label=self.label[mask],
+            confirmed_at=self.confirmed_at[mask],
+            categorical={k: v[mask] for k, v in self.categorical.items()},
+            numeric={k: v[mask] for k, v in self.numeric.items()},
+        )
+
+    def stratum(self, kind: str) -> np.ndarray:
+        """The per-case value of a stratum kind ('overall', 'site', 'scanner', 'sex', ...)."""
+        if kind == "overall":
+            return np.full(len(self), "all", dtype=object)
+        if kind == "site":
+            return self.site
+        if kind == "scanner":
+            return self.scanner
+        return self.categorical[kind]
+
+
+@dataclass(frozen=True, slots=True)
+class DriftCheck:
+    id: int
+    model: str
+    detector: str
+    signal: str
+    stratum_kind: str
+    stratum_value: str
+    window_start: datetime
+    window_end: datetime
+    status: str
+    statistic: float | None
+    p_value: float | None
+    threshold: float
+    n_reference: int
+    n_window: int
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PerformanceCheck:
+    id: int
+    model: str
+    finding: str
+    metric: str
+    stratum_kind: str
+    stratum_value: str
+    window_start: datetime
+    window_end: datetime
+    estimated: bool
+    status: str
+    value: float | None
+    ci_lower: float | None
+    ci_upper: float | None
+    n: int
+    labelled_fraction: float | None
+    baseline_value: float | None
+    alert_limit: float | None
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentEvent:
+    at: datetime
+    kind: str
+    actor: str
+    note: str | None
+    drift_check_id: int | None
+    performance_check_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    id: int
+    model: str
+    signal_kind: str
+    signal: str
+    stratum_kind: str
+    stratum_value: str
+    severity: str
+    status: str
+    title: str
+    summary: str
+    opened_at: datetime
+    aware_at: datetime
+    last_evidence_at: datetime
+    acknowledged_at: datetime | None
+    acknowledged_by: str | None
+    closed_at: datetime | None
+    resolution: str | None
+    capa_reference: str | None
+    vigilance_class: str
+    mdr_deadline_at: datetime | None
+    fda_deadline_at: datetime | None
+    events: tuple[IncidentEvent, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    id: int
+    source: str
+    position: str
+    kind: str | None
+    reason: str
+    payload: str | None
+    received_at: datetime
+    replayed_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditReport:
+    """Outcome of ``surveillance audit verify``."""
+
+    events: int
+    head_hash: str | None
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeRow:
+    site: str
+    scanner: str
+    studies: int
+    predictions: int
+    labelled: int
+    first_at: datetime | None
+    last_at: datetime | None
+
+
+__all__ = [
+    "AuditReport",
+    "Baseline",
+    "CaseTable",
+    "DeadLetter",
+    "DeadLetterRecord",
+    "DiagnosisRecord",
+    "DriftCheck",
+    "Incident",
+    "IncidentEvent",
+    "IngestBatch",
+    "IngestCounts",
+    "ModelInfo",
+    "OffsetRecord",
+    "PerformanceCheck",
+    "PredictionRecord",
+    "StudyMetadataRecord",
+    "VolumeRow",
+]
