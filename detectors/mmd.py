@@ -26,12 +26,15 @@ Permutation test
     valid (exact, slightly conservative) p-value for any ``B``.
 
 Memory
-    ``K`` is ``N² x itemsize`` bytes (1.6 GB for 10k vs 10k in float32). If that
-    fits under ``max_kernel_bytes`` it is built once (row block by row block, so
-    the peak is ``K`` plus one block); otherwise it is never held: each row block
-    ``K[r]`` is computed, used for ``A[:, r] @ K[r]`` and dropped. Row blocks and
-    permutation batches are sized to about ``block_bytes`` (128 MiB) each.
-    Per-block contributions are accumulated in float64.
+    ``K`` is ``N² x itemsize`` bytes (1.6 GB for 10k vs 10k in float32) and is
+    not held by default: each row block ``K[r]`` is computed, used for
+    ``A[:, r] @ K[r]`` (accumulating ``sum((A[:, r] @ K[r]) * A, dim=1)``) and
+    dropped. Row blocks and permutation batches are sized to about
+    ``block_bytes`` (128 MiB) each; when all ``B + 1`` weight rows fit in one
+    batch (the usual case) every block of ``K`` is computed exactly once. Only
+    when several batches are needed, and ``K`` fits under ``max_kernel_bytes``,
+    is ``K`` built once (block by block) and kept for the later batches instead
+    of being recomputed. Per-block contributions are accumulated in float64.
 
 Dimension reduction
     ``reduce="pca"`` projects on the top ``n_components`` principal axes of the
@@ -79,30 +82,26 @@ def _sq_dists(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Ten
 def median_bandwidth(
     z: torch.Tensor, max_points: int = 4096, generator: torch.Generator | None = None
 ) -> float:
-    """Median distance between distinct rows of ``z`` (see module docstring).
+    """Median Euclidean distance between distinct rows of ``z`` (see module docstring).
 
     Above ``max_points`` rows, a random subset of ``max_points`` rows (drawn with
-    ``generator``) is used.
+    ``generator``) is used. For an even number of pairs this is the lower median.
     """
     n = z.shape[0]
     if n > max_points:
         idx = torch.randperm(n, generator=generator)[:max_points].to(z.device)
         z = z[idx]
-        n = max_points
-    z64 = z.to(torch.float64)
-    sq = (z64 * z64).sum(dim=1)
-    d2 = _sq_dists(z64, z64, sq)
-    iu = torch.triu_indices(n, n, offset=1, device=z.device)
-    pairs = d2[iu[0], iu[1]]
-    if pairs.numel() == 0:
+    # Condensed distances in float64: N(N-1)/2 values, no N x N matrix.
+    dists = torch.pdist(z.to(torch.float64))
+    if dists.numel() == 0:
         return 1.0
-    med = float(pairs.median())
+    med = float(dists.median())
     if med <= 0.0:
-        positive = pairs[pairs > 0]
+        positive = dists[dists > 0]
         if positive.numel() == 0:
             return 1.0
         med = float(positive.median())
-    return math.sqrt(med)
+    return med
 
 
 class MMDDetector(Detector, key="mmd"):
@@ -322,14 +321,15 @@ class MMDDetector(Detector, key="mmd"):
             block = _sq_dists(z[start:stop], z, z_sq)
             return block.mul_(-gamma).exp_()
 
+        n_rows = self.n_permutations + 1
         kernel: torch.Tensor | None = None
-        if total * total * itemsize <= self.max_kernel_bytes:
+        # Holding K only pays when it is read more than once (several batches).
+        if n_rows > perms_per_batch and total * total * itemsize <= self.max_kernel_bytes:
             kernel = torch.empty((total, total), dtype=self.dtype, device=self.device)
             for start in range(0, total, rows_per_block):
                 stop = min(start + rows_per_block, total)
                 kernel[start:stop] = kernel_rows(start, stop)
 
-        n_rows = self.n_permutations + 1
         out = np.empty(n_rows, dtype=np.float64)
         for b0 in range(0, n_rows, perms_per_batch):
             b1 = min(b0 + perms_per_batch, n_rows)
@@ -349,16 +349,4 @@ class MMDDetector(Detector, key="mmd"):
         return out
 
 
-def mmd2_biased(x: ArrayLike, y: ArrayLike, bandwidth: float) -> float:
-    """Reference (direct, float64, NumPy) MMD²_b with a Gaussian kernel; for checks."""
-    xa = np.atleast_2d(np.asarray(x, dtype=np.float64))
-    ya = np.atleast_2d(np.asarray(y, dtype=np.float64))
-
-    def k(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        d2 = ((a[:, None, :] - b[None, :, :]) ** 2).sum(axis=-1)
-        return np.exp(-d2 / (2.0 * bandwidth * bandwidth))
-
-    return float(k(xa, xa).mean() + k(ya, ya).mean() - 2.0 * k(xa, ya).mean())
-
-
-__all__ = ["MMDDetector", "median_bandwidth", "mmd2_biased", "resolve_device"]
+__all__ = ["MMDDetector", "median_bandwidth", "resolve_device"]

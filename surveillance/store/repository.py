@@ -49,6 +49,7 @@ from surveillance.store.models import (
     ModelRow,
     PerformanceCheckRow,
     PredictionRow,
+    ReferenceSetRow,
     SiteRow,
     StudyRow,
 )
@@ -475,6 +476,51 @@ class Store:
             )
             for site, scanner, studies, predictions, first, last in rows
         ]
+
+    def ensure_reference_set(
+        self, model_id: int, name: str, kind: str, start: datetime, end: datetime, *, actor: str
+    ) -> int:
+        """The id of reference set ``name``; created (and audited) on first use, then frozen."""
+        with self.sessions.scope() as s:
+            existing = s.scalar(
+                select(ReferenceSetRow).where(
+                    ReferenceSetRow.model_id == model_id, ReferenceSetRow.name == name
+                )
+            )
+            if existing is not None:
+                return existing.id
+            row = ReferenceSetRow(
+                model_id=model_id,
+                name=name,
+                kind=kind,
+                period_start=start,
+                period_end=end,
+                frozen=True,
+                created_at=utcnow(),
+            )
+            s.add(row)
+            s.flush()
+            audit.append(
+                s,
+                actor=actor,
+                action="reference_set.created",
+                entity="reference_set",
+                entity_id=row.id,
+                detail={
+                    "name": name,
+                    "kind": kind,
+                    "start": start.isoformat(),
+                    "end": end.isoformat(),
+                },
+            )
+            return row.id
+
+    def reference_period(self, reference_set_id: int) -> tuple[datetime, datetime]:
+        with self.sessions.scope() as s:
+            row = s.get(ReferenceSetRow, reference_set_id)
+            if row is None:
+                raise NotFoundError(f"reference set {reference_set_id} does not exist")
+            return row.period_start, row.period_end
 
     # ---- job runs ---------------------------------------------------------------
 

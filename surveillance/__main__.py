@@ -1,0 +1,3 @@
+from surveillance.cli import main
+
+main()
