@@ -17,6 +17,7 @@ and the result is ``statistic=0.0, p_value=1.0``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -25,6 +26,9 @@ from scipy.stats import chi2_contingency
 from detectors.base import Detector, DriftResult, InsufficientDataError
 
 MISSING = "missing"
+
+#: Anything array-like, including a plain list mixing str, numbers and None.
+Categories = ArrayLike | Sequence[object]
 
 
 def _category(value: object) -> str:
@@ -54,7 +58,7 @@ class Chi2Detector(Detector, key="chi2"):
             raise ValueError(f"'min_samples' must be a positive int, got {min_samples!r}")
         self.min_samples = min_samples
 
-    def _prepare(self, data: ArrayLike) -> np.ndarray:
+    def _prepare(self, data: Categories) -> np.ndarray:
         arr = np.asarray(data, dtype=object)
         if arr.ndim != 1:
             raise ValueError(
@@ -69,13 +73,13 @@ class Chi2Detector(Detector, key="chi2"):
                 f"min_samples={self.min_samples}"
             )
 
-    def fit(self, reference: ArrayLike) -> Chi2Detector:
+    def fit(self, reference: Categories) -> Chi2Detector:
         prepared = self._prepare(reference)
         self._check_size(prepared, "reference")
         self._reference = prepared
         return self
 
-    def score(self, window: ArrayLike) -> DriftResult:
+    def score(self, window: Categories) -> DriftResult:
         ref = self.reference
         win = self._prepare(window)
         self._check_size(win, "window")

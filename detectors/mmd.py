@@ -107,6 +107,9 @@ def median_bandwidth(
 class MMDDetector(Detector, key="mmd"):
     """Kernel two-sample test for multivariate data (embeddings), on torch.
 
+    ``score`` reports ``statistic`` = biased MMD² (not its square root) and the
+    permutation p-value; see the module docstring for the method.
+
     Parameters
     ----------
     alpha:
@@ -232,8 +235,8 @@ class MMDDetector(Detector, key="mmd"):
         prepared = self._prepare(reference)
         self._check_size(prepared, "reference")
         n, d = prepared.shape
-        self._center = None
-        self._projection = None
+        center: torch.Tensor | None = None
+        projection: torch.Tensor | None = None
         if self.reduce == "pca":
             if self.n_components > min(n, d):
                 raise ValueError(
@@ -241,14 +244,17 @@ class MMDDetector(Detector, key="mmd"):
                     f"={min(n, d)}: PCA cannot produce that many components"
                 )
             x64 = torch.as_tensor(prepared, dtype=torch.float64, device=self.device)
-            center = x64.mean(dim=0)
-            _, _, vh = torch.linalg.svd(x64 - center, full_matrices=False)
-            self._center = center.to(self.dtype)
-            self._projection = vh[: self.n_components].T.contiguous().to(self.dtype)
+            mean = x64.mean(dim=0)
+            _, _, vh = torch.linalg.svd(x64 - mean, full_matrices=False)
+            center = mean.to(self.dtype)
+            projection = vh[: self.n_components].T.contiguous().to(self.dtype)
         elif self.reduce == "random":
             g = self._generator(1)
             w = torch.randn(d, self.n_components, generator=g, dtype=torch.float64)
-            self._projection = (w / math.sqrt(self.n_components)).to(self.dtype).to(self.device)
+            projection = (w / math.sqrt(self.n_components)).to(self.dtype).to(self.device)
+        # Assign only once everything succeeded, so a failed refit leaves the
+        # previous fit intact.
+        self._center, self._projection = center, projection
         self._ref_z = self._project(self._to_tensor(prepared))
         self._reference = prepared
         return self

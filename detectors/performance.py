@@ -129,6 +129,8 @@ def binary_metrics(
     y_true: ArrayLike, scores: ArrayLike, threshold: float, confidence: float = 0.95
 ) -> BinaryMetrics:
     """Sensitivity, specificity, PPV and NPV (Wilson intervals) at ``score >= threshold``."""
+    if not math.isfinite(threshold):
+        raise ValueError(f"'threshold' must be a finite number, got {threshold!r}")
     y, s = _labels_and_scores(y_true, scores)
     pred = s >= threshold
     tp = int(np.sum(pred & y))

@@ -24,6 +24,7 @@ from surveillance.config import Settings, load_settings, read_toml
 from surveillance.errors import SurveillanceError, UsageError
 from surveillance.store import Store
 from surveillance.store.types import utcnow
+from surveillance.views import incidents_table, when
 from surveillance.vigilance import time_left
 
 err_console = Console(stderr=True)
@@ -72,10 +73,6 @@ def _jsonable(value: Any) -> Any:
 
 def print_json(value: Any) -> None:
     click.echo(json.dumps(_jsonable(value), indent=2, default=str))
-
-
-def _when(moment: datetime | None) -> str:
-    return "-" if moment is None else f"{moment:%Y-%m-%d %H:%M}"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -298,40 +295,6 @@ def incidents() -> None:
     """PMS / vigilance incidents."""
 
 
-def incidents_table(items: list[Any], now: datetime) -> Table:
-    table = Table(
-        "id",
-        "status",
-        "severity",
-        "model",
-        "where",
-        "title",
-        "opened",
-        "vigilance",
-        "MDR deadline",
-        "FDA deadline",
-        title="Incidents",
-    )
-    for i in items:
-        table.add_row(
-            str(i.id),
-            i.status,
-            i.severity,
-            i.model,
-            f"{i.stratum_kind}: {i.stratum_value}",
-            i.title,
-            _when(i.opened_at),
-            i.vigilance_class,
-            f"{_when(i.mdr_deadline_at)}\n{time_left(i.mdr_deadline_at, now)}"
-            if i.status != "closed"
-            else _when(i.mdr_deadline_at),
-            f"{_when(i.fda_deadline_at)}\n{time_left(i.fda_deadline_at, now)}"
-            if i.status != "closed"
-            else _when(i.fda_deadline_at),
-        )
-    return table
-
-
 @incidents.command("list")
 @click.option(
     "--status",
@@ -374,9 +337,9 @@ def incidents_show(app: AppContext, incident_id: int, as_json: bool) -> None:
     )
     console.print(i.summary)
     console.print(
-        f"aware since {_when(i.aware_at)}; vigilance: {i.vigilance_class}; "
-        f"EU MDR deadline {_when(i.mdr_deadline_at)} ({time_left(i.mdr_deadline_at, now)})"
-        f"; FDA deadline {_when(i.fda_deadline_at)} ({time_left(i.fda_deadline_at, now)})"
+        f"aware since {when(i.aware_at)}; vigilance: {i.vigilance_class}; "
+        f"EU MDR deadline {when(i.mdr_deadline_at)} ({time_left(i.mdr_deadline_at, now)})"
+        f"; FDA deadline {when(i.fda_deadline_at)} ({time_left(i.fda_deadline_at, now)})"
     )
     if i.resolution:
         console.print(f"resolution: {i.resolution} (CAPA {i.capa_reference or '-'})")
@@ -389,7 +352,7 @@ def incidents_show(app: AppContext, incident_id: int, as_json: bool) -> None:
             if e.performance_check_id
             else ""
         )
-        table.add_row(_when(e.at), e.kind, e.actor, e.note or evidence)
+        table.add_row(when(e.at), e.kind, e.actor, e.note or evidence)
     console.print(table)
 
 
@@ -460,7 +423,7 @@ def deadletters_list(app: AppContext, include_replayed: bool, limit: int, as_jso
         return
     table = Table("id", "received", "kind", "position", "reason", title="Dead letters")
     for d in items:
-        table.add_row(str(d.id), _when(d.received_at), d.kind or "?", d.position, d.reason)
+        table.add_row(str(d.id), when(d.received_at), d.kind or "?", d.position, d.reason)
     Console(width=200).print(table)
 
 
@@ -528,7 +491,7 @@ def run(app: AppContext, once: bool) -> None:
     while True:
         for r in run_checks(store, app.settings, as_of=utcnow()):
             click.echo(
-                f"{_when(utcnow())} {r.model.name}: {len(r.drift)} drift checks, "
+                f"{when(utcnow())} {r.model.name}: {len(r.drift)} drift checks, "
                 f"{len(r.performance)} performance checks, "
                 f"{len(r.policy.opened)} incident(s) opened"
             )

@@ -89,4 +89,4 @@ def db_url(request: pytest.FixtureRequest) -> str:
 # tests/fixtures_kafka.py) and load it from the test modules that need it, or
 # add it to the `pytest_plugins` list below so every test can use it.
 # ---------------------------------------------------------------------------
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["fixtures_store"]

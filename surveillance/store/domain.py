@@ -120,8 +120,11 @@ class IngestBatch:
     offsets: list[OffsetRecord] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.predictions) + len(self.metadata) + len(self.diagnoses) + len(
-            self.dead_letters
+        return (
+            len(self.predictions)
+            + len(self.metadata)
+            + len(self.diagnoses)
+            + len(self.dead_letters)
         )
 
 

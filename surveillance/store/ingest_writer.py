@@ -63,7 +63,7 @@ def _ensure_sites(session: Session, pseudonyms: set[str]) -> dict[str, int]:
     found = session.execute(
         select(SiteRow.pseudonym, SiteRow.id).where(SiteRow.pseudonym.in_(pseudonyms))
     )
-    return {p: i for p, i in found.tuples()}
+    return {p: i for p, i in found}
 
 
 def _ensure_devices(
@@ -92,7 +92,7 @@ def _ensure_devices(
             DeviceRow.id,
         ).where(DeviceRow.site_id.in_(site_ids))
     )
-    return {(s, st, m, mn): i for s, st, m, mn, i in found.tuples()}
+    return {(s, st, m, mn): i for s, st, m, mn, i in found}
 
 
 def _ensure_studies(session: Session, first_seen: dict[str, datetime]) -> dict[str, int]:
@@ -113,7 +113,7 @@ def _ensure_studies(session: Session, first_seen: dict[str, datetime]) -> dict[s
         found = session.execute(
             select(StudyRow.uid_pseudonym, StudyRow.id).where(StudyRow.uid_pseudonym.in_(part))
         )
-        ids.update(found.tuples())
+        ids.update((uid, i) for uid, i in found)
     return ids
 
 
@@ -124,9 +124,9 @@ def _write_metadata(session: Session, records: list[StudyMetadataRecord]) -> int
     records = list({r.uid_pseudonym: r for r in records}.values())
     sites = _ensure_sites(session, {r.site_pseudonym for r in records})
     labels = dict(
-        session.execute(select(SiteRow.id, SiteRow.label).where(SiteRow.id.in_(sites.values())))
-        .tuples()
-        .all()
+        session.execute(
+            select(SiteRow.id, SiteRow.label).where(SiteRow.id.in_(sites.values()))
+        ).all()
     )
     device_keys = {
         (sites[r.site_pseudonym], r.station_pseudonym, r.manufacturer, r.model_name)
@@ -277,7 +277,7 @@ def read_offsets(session: Session, consumer_group: str) -> dict[tuple[str, int],
             ConsumerOffsetRow.topic, ConsumerOffsetRow.partition, ConsumerOffsetRow.next_offset
         ).where(ConsumerOffsetRow.consumer_group == consumer_group)
     )
-    return {(t, p): o for t, p, o in rows.tuples()}
+    return {(t, p): o for t, p, o in rows}
 
 
 __all__ = ["read_offsets", "site_label", "write_batch"]

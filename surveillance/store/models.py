@@ -238,8 +238,14 @@ class DriftCheckRow(Base):
     __tablename__ = "drift_check"
     __table_args__ = (
         UniqueConstraint(
-            "model_id", "detector", "signal", "stratum_kind", "stratum_value",
-            "window_start", "window_end", name="uq_drift_check_window",
+            "model_id",
+            "detector",
+            "signal",
+            "stratum_kind",
+            "stratum_value",
+            "window_start",
+            "window_end",
+            name="uq_drift_check_window",
         ),
         Index("ix_drift_check_model_window", "model_id", "window_end"),
     )
@@ -269,8 +275,15 @@ class PerformanceCheckRow(Base):
     __tablename__ = "performance_check"
     __table_args__ = (
         UniqueConstraint(
-            "model_id", "finding", "metric", "stratum_kind", "stratum_value",
-            "window_start", "window_end", "estimated", name="uq_performance_check_window",
+            "model_id",
+            "finding",
+            "metric",
+            "stratum_kind",
+            "stratum_value",
+            "window_start",
+            "window_end",
+            "estimated",
+            name="uq_performance_check_window",
         ),
         Index("ix_performance_check_model_window", "model_id", "window_end"),
     )

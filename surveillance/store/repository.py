@@ -385,7 +385,7 @@ class Store:
                 .where(DiagnosisRow.finding == finding)
                 .order_by(DiagnosisRow.confirmed_at)
             )
-            for study_id, present, confirmed_at in dx.tuples():
+            for study_id, present, confirmed_at in dx:
                 labels[study_id] = (present, confirmed_at)  # the latest confirmation wins
         n = len(rows)
         columns = (
@@ -460,9 +460,7 @@ class Store:
                         )
                     )
                     .group_by(DeviceRow.label)
-                )
-                .tuples()
-                .all()
+                ).all()
             )
         return [
             VolumeRow(
@@ -589,7 +587,7 @@ class Store:
                     set_={k: stmt.excluded[k] for k in values if k not in key_columns},
                 ).returning(table.id)
                 ids.append(s.execute(stmt).scalar_one())
-            models = dict(s.execute(select(ModelRow.id, ModelRow.name)).tuples().all())
+            models = dict(s.execute(select(ModelRow.id, ModelRow.name)).all())
             stored = s.scalars(select(table).where(table.id.in_(ids))).all()
             by_id = {r.id: r for r in stored}
             convert = _drift if table is DriftCheckRow else _performance
@@ -691,7 +689,7 @@ class Store:
                     select(
                         IncidentEventRow.drift_check_id, IncidentEventRow.performance_check_id
                     ).where(IncidentEventRow.incident_id == row.id)
-                ).tuples()
+                )
             )
             known_drift = {d for d, _ in known if d is not None}
             known_perf = {p for _, p in known if p is not None}
@@ -762,7 +760,7 @@ class Store:
         if model is not None:
             stmt = stmt.where(ModelRow.name == model)
         with self.sessions.scope() as s:
-            rows = s.execute(stmt.order_by(IncidentRow.opened_at, IncidentRow.id)).tuples().all()
+            rows = s.execute(stmt.order_by(IncidentRow.opened_at, IncidentRow.id)).all()
             return [_incident(r, name) for r, name in rows]
 
     def update_incident(

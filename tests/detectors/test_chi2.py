@@ -18,9 +18,15 @@ def _repeat(counts: dict[str, int]) -> list[str]:
 @pytest.mark.parametrize(
     ("ref_counts", "win_counts"),
     [
-        pytest.param({"GE": 40, "Siemens": 35, "Philips": 25}, {"GE": 20, "Siemens": 30, "Philips": 10}, id="2x3"),
+        pytest.param(
+            {"GE": 40, "Siemens": 35, "Philips": 25},
+            {"GE": 20, "Siemens": 30, "Philips": 10},
+            id="2x3",
+        ),
         pytest.param({"CHEST": 50, "ABDOMEN": 30}, {"CHEST": 25, "ABDOMEN": 35}, id="2x2-yates"),
-        pytest.param({"B30f": 60, "B70f": 40}, {"B30f": 30, "B70f": 20, "Br40": 15}, id="new-kernel"),
+        pytest.param(
+            {"B30f": 60, "B70f": 40}, {"B30f": 30, "B70f": 20, "Br40": 15}, id="new-kernel"
+        ),
     ],
 )
 def test_matches_scipy_chi2_contingency(

@@ -64,9 +64,7 @@ def test_p_value_counts_ties_as_exceeding(monkeypatch: pytest.MonkeyPatch) -> No
     rng = np.random.default_rng(13)
     detector = MMDDetector(n_permutations=4).fit(rng.normal(size=(30, 2)))
     # Observed 0.5; permuted 0.1, 0.5 (tie), 0.7, 0.2 -> b = 2 -> p = 3 / 5.
-    monkeypatch.setattr(
-        detector, "_statistics", lambda *args: np.array([0.5, 0.1, 0.5, 0.7, 0.2])
-    )
+    monkeypatch.setattr(detector, "_statistics", lambda *args: np.array([0.5, 0.1, 0.5, 0.7, 0.2]))
     result = detector.score(rng.normal(size=(30, 2)))
     assert result.statistic == 0.5
     assert result.p_value == pytest.approx(0.6)
@@ -102,7 +100,10 @@ def test_batched_permutation_statistics_equal_naive_loop(
     z = torch.as_tensor(pooled, dtype=dtype)
     exact = z.to(torch.float64).numpy()  # the values the detector actually sees
     weights = torch.cat(
-        [torch.full((n,), 1.0 / n, dtype=torch.float64), torch.full((m,), -1.0 / m, dtype=torch.float64)]
+        [
+            torch.full((n,), 1.0 / n, dtype=torch.float64),
+            torch.full((m,), -1.0 / m, dtype=torch.float64),
+        ]
     )
     bandwidth = 1.3
     detector = MMDDetector(
@@ -128,7 +129,10 @@ def test_batched_permutation_statistics_equal_naive_loop(
 
 @pytest.mark.parametrize(
     ("dtype", "rtol"),
-    [pytest.param(torch.float64, 1e-10, id="float64"), pytest.param(torch.float32, 1e-4, id="float32")],
+    [
+        pytest.param(torch.float64, 1e-10, id="float64"),
+        pytest.param(torch.float32, 1e-4, id="float32"),
+    ],
 )
 def test_observed_statistic_and_bandwidth_equal_numpy(dtype: torch.dtype, rtol: float) -> None:
     rng = np.random.default_rng(16)
@@ -169,9 +173,7 @@ def test_full_rank_pca_is_a_rotation_and_keeps_the_statistic() -> None:
     window = rng.normal(loc=0.2, size=(70, 5)) @ rng.normal(size=(5, 5))
     plain = MMDDetector(dtype=torch.float64).fit(reference).score(window)
     pca = (
-        MMDDetector(dtype=torch.float64, reduce="pca", n_components=5)
-        .fit(reference)
-        .score(window)
+        MMDDetector(dtype=torch.float64, reduce="pca", n_components=5).fit(reference).score(window)
     )
     assert pca.statistic == pytest.approx(plain.statistic, rel=1e-9)
     assert pca.details["bandwidth"] == pytest.approx(plain.details["bandwidth"], rel=1e-9)
@@ -239,7 +241,9 @@ def test_input_rules() -> None:
     ("kwargs", "match"),
     [
         pytest.param({"n_permutations": 0}, "'n_permutations' must be an int >= 1", id="no-perms"),
-        pytest.param({"reduce": "umap"}, "'reduce' must be None, 'pca' or 'random'", id="bad-reduce"),
+        pytest.param(
+            {"reduce": "umap"}, "'reduce' must be None, 'pca' or 'random'", id="bad-reduce"
+        ),
         pytest.param({"dtype": torch.int64}, "'dtype' must be a floating", id="int-dtype"),
         pytest.param({"min_samples": 1}, "'min_samples' must be an int >= 2", id="min-samples"),
     ],
