@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from surveillance.errors import ConfigError
 
 DEFAULT_DB_URL = "sqlite:///surveillance.db"
+#: A complete, commented configuration for a realistic model (used by the demo).
+EXAMPLE_CONFIG = Path(__file__).parent / "examples" / "cxr-pneumothorax.toml"
 METRICS = ("sensitivity", "specificity", "ppv", "npv", "auroc", "ece")
 
 

@@ -19,7 +19,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from connectors import synthetic
-from surveillance.config import Settings, load_settings
+from surveillance.config import EXAMPLE_CONFIG, Settings, load_settings
 from surveillance.ingest import Ingestor, count_lines
 from surveillance.jobs.checks import run_checks
 from surveillance.jobs.windows import floor_day
@@ -30,7 +30,6 @@ from surveillance.store.migrations import upgrade
 from surveillance.store.types import utcnow
 from surveillance.views import drift_table, incidents_table, performance_table, volumes_table
 
-EXAMPLE_CONFIG = Path(__file__).parent / "examples" / "cxr-pneumothorax.toml"
 BROKEN_LINES = (
     '{"kind": "prediction", "message_id": "broken-1", "model": "cxr-pneumothorax"',
     json.dumps(

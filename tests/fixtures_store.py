@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from surveillance.config import Settings, load_settings
+from surveillance.config import EXAMPLE_CONFIG, Settings, load_settings
 from surveillance.ingest import Ingestor
 from surveillance.pseudonym import Pseudonymizer
 from surveillance.store import Store
 from surveillance.store.engine import make_engine
 from surveillance.store.migrations import upgrade
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "surveillance" / "examples" / "cxr-pneumothorax.toml"
-
 
 @pytest.fixture
 def settings() -> Settings:
-    return load_settings(EXAMPLE, env={})
+    return load_settings(EXAMPLE_CONFIG, env={})
 
 
 @pytest.fixture

@@ -10,8 +10,13 @@ from surveillance.store.models import AuditEventRow
 
 def _fill(store: Store, n: int = 5) -> None:
     for i in range(n):
-        store.record_audit(actor="test", action="thing.done", entity="thing", entity_id=i,
-                           detail={"i": i, "ratio": 0.1 * i, "note": "ünïcode"})
+        store.record_audit(
+            actor="test",
+            action="thing.done",
+            entity="thing",
+            entity_id=i,
+            detail={"i": i, "ratio": 0.1 * i, "note": "ünïcode"},
+        )
 
 
 def test_intact_chain_verifies(store: Store) -> None:
@@ -27,8 +32,9 @@ def test_edited_event_is_detected(store: Store) -> None:
     with store.sessions.scope() as s:
         target = s.query(AuditEventRow).filter(AuditEventRow.action == "thing.done").first()
         assert target is not None
-        s.execute(update(AuditEventRow).where(AuditEventRow.id == target.id)
-                  .values(detail={"i": 999}))
+        s.execute(
+            update(AuditEventRow).where(AuditEventRow.id == target.id).values(detail={"i": 999})
+        )
         seq = target.seq
     report = store.verify_audit()
     assert not report.ok
@@ -48,10 +54,14 @@ def test_deleted_event_is_detected(store: Store) -> None:
 
 def test_model_and_baseline_changes_are_audited(store: Store, settings) -> None:  # type: ignore[no-untyped-def]
     model = settings.models[0]
-    changed = model.model_copy(update={"baselines": [
-        b.model_copy(update={"alert_limit": 0.80}) if b.metric == "sensitivity" else b
-        for b in model.baselines
-    ]})
+    changed = model.model_copy(
+        update={
+            "baselines": [
+                b.model_copy(update={"alert_limit": 0.80}) if b.metric == "sensitivity" else b
+                for b in model.baselines
+            ]
+        }
+    )
     store.register_models([changed], actor="qm@example.org")
     with store.sessions.scope() as s:
         actions = [(r.actor, r.action) for r in s.query(AuditEventRow).order_by(AuditEventRow.seq)]

@@ -15,11 +15,17 @@ from surveillance.store.models import DeadLetterRow, DiagnosisRow, PredictionRow
 
 
 def _prediction(i: int, uid: str = "1.2.826.0.1.3680043.8.498.1", score: float = 0.7) -> str:
-    return json.dumps({
-        "kind": "prediction", "message_id": f"m-{i}", "model": "cxr-pneumothorax",
-        "model_version": "2.1.0", "study_instance_uid": f"{uid}.{i}",
-        "outputs": {"pneumothorax": score}, "predicted_at": "2026-08-01T10:00:00Z",
-    })
+    return json.dumps(
+        {
+            "kind": "prediction",
+            "message_id": f"m-{i}",
+            "model": "cxr-pneumothorax",
+            "model_version": "2.1.0",
+            "study_instance_uid": f"{uid}.{i}",
+            "outputs": {"pneumothorax": score},
+            "predicted_at": "2026-08-01T10:00:00Z",
+        }
+    )
 
 
 def _count(store: Store, table: type) -> int:
@@ -77,18 +83,38 @@ def test_metadata_after_prediction_fills_the_same_study(
     from datetime import UTC, date, datetime
 
     uid = "1.2.3.4.5"
-    prediction = PredictionEvent("p-1", "cxr-pneumothorax", "2.1.0", uid, {"pneumothorax": 0.9},
-                                 datetime(2026, 8, 1, tzinfo=UTC))
+    prediction = PredictionEvent(
+        "p-1",
+        "cxr-pneumothorax",
+        "2.1.0",
+        uid,
+        {"pneumothorax": 0.9},
+        datetime(2026, 8, 1, tzinfo=UTC),
+    )
     header = DicomMetadataEvent(
-        study_instance_uid=uid, patient_id="PAT-123", institution_name="General Hospital",
-        station_name="XR1", manufacturer="GE", manufacturer_model_name="Discovery XR656",
-        software_versions="VA10", kvp=110.0, patient_sex="F", age_band="40-49",
+        study_instance_uid=uid,
+        patient_id="PAT-123",
+        institution_name="General Hospital",
+        station_name="XR1",
+        manufacturer="GE",
+        manufacturer_model_name="Discovery XR656",
+        software_versions="VA10",
+        kvp=110.0,
+        patient_sex="F",
+        age_band="40-49",
         study_date=date(2026, 8, 1),
     )
-    diagnosis = json.dumps({"kind": "diagnosis", "message_id": "d-1",
-                            "study_instance_uid": uid, "finding": "pneumothorax",
-                            "present": True, "source": "report",
-                            "confirmed_at": "2026-08-20T09:00:00+02:00"})
+    diagnosis = json.dumps(
+        {
+            "kind": "diagnosis",
+            "message_id": "d-1",
+            "study_instance_uid": uid,
+            "finding": "pneumothorax",
+            "present": True,
+            "source": "report",
+            "confirmed_at": "2026-08-20T09:00:00+02:00",
+        }
+    )
     file = tmp_path / "e.jsonl"
     file.write_text("\n".join([event_to_jsonl(prediction), diagnosis, event_to_jsonl(header)]))
     counts = ingestor.ingest_jsonl(file)
@@ -132,8 +158,17 @@ def test_no_identifier_or_name_reaches_the_database(
     counts = ingestor.ingest_jsonl(file)
     assert (counts.metadata, counts.dead_letters) == (1, 1)
 
-    secrets = ["1.2.840.99999.4242", "MRN-7781234", "Doe", "Jane", "19610412",
-               "ACC-555123", "St Elsewhere", "XRAY-ROOM-3", "free text"]
+    secrets = [
+        "1.2.840.99999.4242",
+        "MRN-7781234",
+        "Doe",
+        "Jane",
+        "19610412",
+        "ACC-555123",
+        "St Elsewhere",
+        "XRAY-ROOM-3",
+        "free text",
+    ]
     with store.sessions.scope() as s:
         dump = []
         for table in ("study", "site", "device", "dead_letter", "audit_event"):
