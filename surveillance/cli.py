@@ -116,7 +116,10 @@ def demo(out: Path, days: int, seed: int) -> None:
     """Run the whole loop on SQLite and a synthetic multi-site feed."""
     from surveillance.demo import run_demo
 
-    run_demo(out=out, days=days, seed=seed, console=Console())
+    console = Console()
+    if not console.is_terminal:  # piped or CI: don't squeeze the tables into 80 columns
+        console = Console(width=150)
+    run_demo(out=out, days=days, seed=seed, console=console)
 
 
 # ---- db --------------------------------------------------------------------------

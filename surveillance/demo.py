@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -26,6 +26,7 @@ from surveillance.jobs.windows import floor_day
 from surveillance.pseudonym import load_pseudonymizer
 from surveillance.store import Store
 from surveillance.store.engine import make_engine
+from surveillance.store.ingest_writer import device_label
 from surveillance.store.migrations import upgrade
 from surveillance.store.types import utcnow
 from surveillance.views import drift_table, incidents_table, performance_table, volumes_table
@@ -46,6 +47,9 @@ BROKEN_LINES = (
 )
 
 
+DEMO_SENSITIVITY_AFTER = 0.50
+
+
 def demo_settings(out: Path) -> Settings:
     db_url = f"sqlite:///{(out / 'surveillance.db').resolve()}"
     example = load_settings(EXAMPLE_CONFIG, env={})
@@ -61,6 +65,25 @@ def demo_settings(out: Path) -> Settings:
     ).model_copy(update={"alerts": [], "kafka": example.kafka})
 
 
+def demo_feed(*, days: int, seed: int, start: datetime) -> synthetic.SyntheticConfig:
+    """The default deployment, with its scanner update made severe enough that a
+    28-day window at one scanner (~45 confirmed positives) shows it beyond doubt:
+    sensitivity there falls from ~0.90 to ~0.50 while specificity holds."""
+    base = synthetic.default_config(days=days, seed=seed, change_day=days // 2)
+    change = base.changes[0]
+    quality = next(
+        sc.quality
+        for site in base.sites
+        for sc in site.scanners
+        if sc.station_name == change.station
+    )
+    shift, negative_shift = synthetic.change_effect(
+        quality, DEMO_SENSITIVITY_AFTER, noise_scale=change.noise_scale
+    )
+    severe = dataclasses.replace(change, score_shift=shift, negative_score_shift=negative_shift)
+    return dataclasses.replace(base, start=start, changes=(severe,))
+
+
 def run_demo(*, out: Path, days: int, seed: int, console: Console) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("surveillance.db*"):
@@ -71,17 +94,29 @@ def run_demo(*, out: Path, days: int, seed: int, console: Console) -> None:
     assert settings.service.pseudonym_key_file == key_file
 
     now = utcnow()
-    feed = dataclasses.replace(
-        synthetic.default_config(days=days, seed=seed, change_day=days // 2),
-        start=floor_day(now) - timedelta(days=days),
-    )
+    feed = demo_feed(days=days, seed=seed, start=floor_day(now) - timedelta(days=days))
     truth = synthetic.ground_truth(feed)
+    change = truth["changes"][0]
+    scanner = next(x for x in truth["scanners"] if x["station"] == change["station"])
+    station_pseudonym = pseudonymizer("station", change["station"])
+    changed = device_label(
+        scanner["manufacturer"],
+        scanner["manufacturer_model_name"],
+        station_pseudonym,
+        change["site"],
+    )
+    description = (
+        f"software update {change['software_before']} -> {change['software_after']} on "
+        f"{changed} on {change['at'][:10]} (day {change['at_day']}); the model's expected "
+        f"sensitivity there falls {change['expected_sensitivity_before']:.2f} -> "
+        f"{change['expected_sensitivity_after']:.2f}"
+    )
     console.print(
         Panel.fit(
             f"[bold]surveillance demo[/]: {settings.models[0].name} {settings.models[0].version}, "
             f"{len(feed.sites)} sites, {sum(len(s.scanners) for s in feed.sites)} scanners, "
             f"{days} days of deployment\n"
-            f"Injected: {truth['description']}\n"
+            f"Injected: {description}\n"
             f"Database: {settings.service.db_url}",
             title="post-market surveillance",
         )
@@ -140,11 +175,10 @@ def run_demo(*, out: Path, days: int, seed: int, console: Console) -> None:
         f"head {report.head_hash}"
     )
 
-    changed = str(truth["changed_scanner_label_prefix"])
     caught = [
         i
         for i in store.incidents(status="open")
-        if i.stratum_kind == "scanner" and changed in i.stratum_value
+        if i.stratum_kind == "scanner" and i.stratum_value == changed
     ]
     if caught:
         console.print(

@@ -66,6 +66,16 @@ def _ensure_sites(session: Session, pseudonyms: set[str]) -> dict[str, int]:
     return {p: i for p, i in found}
 
 
+def device_label(manufacturer: str, model_name: str, station_pseudonym: str, site: str) -> str:
+    """A scanner's display name: vendor, model, short station pseudonym and site.
+
+    The short pseudonym tells two rooms with the same model apart without
+    revealing the station name.
+    """
+    vendor = manufacturer.split()[0] if manufacturer.strip() else manufacturer
+    return f"{vendor} {model_name} #{station_pseudonym[:6]} @ {site}"
+
+
 def _ensure_devices(
     session: Session, keys: set[tuple[int, str, str, str]], site_labels: dict[int, str]
 ) -> dict[tuple[int, str, str, str], int]:
@@ -77,7 +87,7 @@ def _ensure_devices(
             "station_pseudonym": station,
             "manufacturer": manufacturer,
             "model_name": model_name,
-            "label": f"{manufacturer} {model_name} #{station[:6]} @ {site_labels[site_id]}",
+            "label": device_label(manufacturer, model_name, station, site_labels[site_id]),
         }
         for site_id, station, manufacturer, model_name in sorted(keys)
     ]
@@ -280,4 +290,4 @@ def read_offsets(session: Session, consumer_group: str) -> dict[tuple[str, int],
     return {(t, p): o for t, p, o in rows}
 
 
-__all__ = ["read_offsets", "site_label", "write_batch"]
+__all__ = ["device_label", "read_offsets", "site_label", "write_batch"]
