@@ -207,8 +207,16 @@ class PopulationChange:
     age_shift: float = 0.0
 
 
-def _scanner(site: Site | tuple[str, str], station: str, manufacturer: str, model: str,
-             software: str, kvp: float, spacing: float, quality: float) -> Scanner:
+def _scanner(
+    site: Site | tuple[str, str],
+    station: str,
+    manufacturer: str,
+    model: str,
+    software: str,
+    kvp: float,
+    spacing: float,
+    quality: float,
+) -> Scanner:
     name, institution = site if isinstance(site, tuple) else (site.name, site.institution_name)
     return Scanner(
         site=name,
@@ -233,8 +241,16 @@ DEFAULT_SITES: tuple[Site, ...] = (
         institution_name=_NORTH[1],
         studies_per_day=32.0,
         scanners=(
-            _scanner(_NORTH, "NGH-DR1", "GE MEDICAL SYSTEMS", "Discovery XR656",
-                     "dm_Platform_release_FW31.1-4", 120.0, 0.2, 0.05),
+            _scanner(
+                _NORTH,
+                "NGH-DR1",
+                "GE MEDICAL SYSTEMS",
+                "Discovery XR656",
+                "dm_Platform_release_FW31.1-4",
+                120.0,
+                0.2,
+                0.05,
+            ),
             _scanner(_NORTH, "NGH-DR2", "SIEMENS", "Ysio Max", "VF11A", 125.0, 0.148, -0.05),
         ),
     ),
@@ -243,10 +259,26 @@ DEFAULT_SITES: tuple[Site, ...] = (
         institution_name=_RIVER[1],
         studies_per_day=28.0,
         scanners=(
-            _scanner(_RIVER, "RUMC-DD1", "Philips Medical Systems", "DigitalDiagnost",
-                     "4.3.3", 125.0, 0.148, 0.1),
-            _scanner(_RIVER, "RUMC-DRX", "Carestream Health", "DRX-Evolution",
-                     "5.7.412.0", 120.0, 0.139, -0.05),
+            _scanner(
+                _RIVER,
+                "RUMC-DD1",
+                "Philips Medical Systems",
+                "DigitalDiagnost",
+                "4.3.3",
+                125.0,
+                0.148,
+                0.1,
+            ),
+            _scanner(
+                _RIVER,
+                "RUMC-DRX",
+                "Carestream Health",
+                "DRX-Evolution",
+                "5.7.412.0",
+                120.0,
+                0.139,
+                -0.05,
+            ),
         ),
     ),
     Site(
@@ -254,8 +286,9 @@ DEFAULT_SITES: tuple[Site, ...] = (
         institution_name=_LAKE[1],
         studies_per_day=26.0,
         scanners=(
-            _scanner(_LAKE, "LCH-FDR", "FUJIFILM Corporation", "FDR D-EVO II",
-                     "V10.1", 115.0, 0.15, 0.0),
+            _scanner(
+                _LAKE, "LCH-FDR", "FUJIFILM Corporation", "FDR D-EVO II", "V10.1", 115.0, 0.15, 0.0
+            ),
             _scanner(_LAKE, "LCH-DXD", "Agfa", "DX-D 600", "MUSICA 3 5.1.2", 120.0, 0.148, -0.1),
         ),
     ),
@@ -333,10 +366,14 @@ def _validate(config: SyntheticConfig) -> None:
         fail("diagnosis_sources must hold at least one (source, weight) with weight > 0")
     for source, weight in config.diagnosis_sources:
         if source not in DIAGNOSIS_SOURCES or weight < 0:
-            fail(f"diagnosis source {source!r} (weight {weight}) is not one of "
-                 f"{DIAGNOSIS_SOURCES} with a weight >= 0")
-    for label, (_, sd) in (("logit_negative", config.logit_negative),
-                           ("logit_positive", config.logit_positive)):
+            fail(
+                f"diagnosis source {source!r} (weight {weight}) is not one of "
+                f"{DIAGNOSIS_SOURCES} with a weight >= 0"
+            )
+    for label, (_, sd) in (
+        ("logit_negative", config.logit_negative),
+        ("logit_positive", config.logit_positive),
+    ):
         if sd <= 0:
             fail(f"{label} standard deviation must be > 0")
     if not config.sites:
@@ -362,8 +399,10 @@ def _validate(config: SyntheticConfig) -> None:
             fail(f"change at day {change.at_day}: noise_scale must be > 0")
         if change.kind == "new-scanner":
             if change.scanner is None or change.scanner.station_name != change.station:
-                fail(f"new-scanner change at day {change.at_day} needs scanner= with "
-                     f"station_name {change.station!r}")
+                fail(
+                    f"new-scanner change at day {change.at_day} needs scanner= with "
+                    f"station_name {change.station!r}"
+                )
             if change.station in stations[change.site]:
                 fail(f"new-scanner change: station {change.station!r} already exists")
             site = next(s for s in config.sites if s.name == change.site)
@@ -371,8 +410,10 @@ def _validate(config: SyntheticConfig) -> None:
             stations[change.site].add(change.station)
         elif change.kind == "software-update":
             if change.station not in stations[change.site]:
-                fail(f"change at day {change.at_day}: site {change.site!r} has no station "
-                     f"{change.station!r} (known: {sorted(stations[change.site])})")
+                fail(
+                    f"change at day {change.at_day}: site {change.site!r} has no station "
+                    f"{change.station!r} (known: {sorted(stations[change.site])})"
+                )
         else:
             fail(f"change kind {change.kind!r} must be 'software-update' or 'new-scanner'")
     for pop in config.population_changes:
@@ -384,12 +425,12 @@ def _validate(config: SyntheticConfig) -> None:
             fail("population change at_day must be >= 0")
 
 
-def _validate_scanner(
-    scanner: Scanner, site: Site, fail: Callable[[str], NoReturn]
-) -> None:
+def _validate_scanner(scanner: Scanner, site: Site, fail: Callable[[str], NoReturn]) -> None:
     if scanner.site != site.name or scanner.institution_name != site.institution_name:
-        fail(f"scanner {scanner.station_name!r} names site {scanner.site!r} / "
-             f"{scanner.institution_name!r} but belongs to {site.name!r}")
+        fail(
+            f"scanner {scanner.station_name!r} names site {scanner.site!r} / "
+            f"{scanner.institution_name!r} but belongs to {site.name!r}"
+        )
     if not 0 < len(scanner.station_name) <= 16:
         fail(f"station name {scanner.station_name!r} must be 1..16 characters (DICOM SH)")
     if scanner.kvp <= 0 or scanner.pixel_spacing <= 0 or scanner.share <= 0:
@@ -504,8 +545,11 @@ def _station_states(config: SyntheticConfig, site: Site, day: int) -> list[_Stat
         if change.kind == "new-scanner":
             assert change.scanner is not None
             new = change.scanner
-            states.append(_State(new, new.software_versions, new.kvp, new.pixel_spacing,
-                                 new.convolution_kernel))
+            states.append(
+                _State(
+                    new, new.software_versions, new.kvp, new.pixel_spacing, new.convolution_kernel
+                )
+            )
         state = next(s for s in states if s.scanner.station_name == change.station)
         if change.kind == "software-update":
             if change.software_versions is not None:
@@ -541,8 +585,9 @@ def _site_code(name: str) -> str:
     return (letters + "XXX")[:3]
 
 
-def _choice(rng: np.random.Generator, weights: npt.NDArray[np.float64], n: int) -> npt.NDArray[
-        np.intp]:
+def _choice(
+    rng: np.random.Generator, weights: npt.NDArray[np.float64], n: int
+) -> npt.NDArray[np.intp]:
     cumulative = np.cumsum(weights / weights.sum())
     cumulative[-1] = 1.0
     return np.searchsorted(cumulative, rng.random(n), side="right")
@@ -585,8 +630,9 @@ def _simulate(config: SyntheticConfig) -> _Simulation:
             if n == 0:
                 continue
             daytime = rng.random(n) < DAYTIME_FRACTION
-            seconds = np.where(daytime, 7 * 3600 + rng.random(n) * 12 * 3600,
-                               rng.random(n) * 86400.0)
+            seconds = np.where(
+                daytime, 7 * 3600 + rng.random(n) * 12 * 3600, rng.random(n) * 86400.0
+            )
             seconds.sort()
             which = _choice(rng, np.array([s.scanner.share for s in states]), n)
             meta_lag = np.minimum(1.0 + rng.lognormal(0.0, 0.6, n), MAX_LAG_MINUTES)
@@ -790,8 +836,14 @@ def ground_truth(config: SyntheticConfig | None = None) -> dict[str, Any]:
 
     def point(state: _State) -> tuple[float, float]:
         return expected_operating_point(
-            state.scanner.quality, state.score_shift, state.negative_score_shift,
-            state.noise_scale, THRESHOLD, config.logit_negative, config.logit_positive)
+            state.scanner.quality,
+            state.score_shift,
+            state.negative_score_shift,
+            state.noise_scale,
+            THRESHOLD,
+            config.logit_negative,
+            config.logit_positive,
+        )
 
     scanners: list[dict[str, Any]] = []
     pooled_sens = pooled_spec = weight_total = 0.0
@@ -831,27 +883,28 @@ def ground_truth(config: SyntheticConfig | None = None) -> dict[str, Any]:
         site = next(s for s in config.sites if s.name == change.site)
         before_states = _station_states(config, site, change.at_day - 1)
         after_states = _station_states(config, site, change.at_day)
-        before = next((s for s in before_states if s.scanner.station_name == change.station),
-                      None)
+        before = next((s for s in before_states if s.scanner.station_name == change.station), None)
         after = next(s for s in after_states if s.scanner.station_name == change.station)
         sens_after, spec_after = point(after)
-        changes.append({
-            "kind": change.kind,
-            "at_day": change.at_day,
-            "at": _iso(config.start + timedelta(days=change.at_day)),
-            "site": change.site,
-            "station": change.station,
-            "manufacturer": after.scanner.manufacturer,
-            "software_before": before.software_versions if before else None,
-            "software_after": after.software_versions,
-            "kvp_before": before.kvp if before else None,
-            "kvp_after": after.kvp,
-            "expected_sensitivity_before": point(before)[0] if before else None,
-            "expected_specificity_before": point(before)[1] if before else None,
-            "expected_sensitivity_after": sens_after,
-            "expected_specificity_after": spec_after,
-            "within_period": change.at_day < config.days,
-        })
+        changes.append(
+            {
+                "kind": change.kind,
+                "at_day": change.at_day,
+                "at": _iso(config.start + timedelta(days=change.at_day)),
+                "site": change.site,
+                "station": change.station,
+                "manufacturer": after.scanner.manufacturer,
+                "software_before": before.software_versions if before else None,
+                "software_after": after.software_versions,
+                "kvp_before": before.kvp if before else None,
+                "kvp_after": after.kvp,
+                "expected_sensitivity_before": point(before)[0] if before else None,
+                "expected_specificity_before": point(before)[1] if before else None,
+                "expected_sensitivity_after": sens_after,
+                "expected_specificity_after": spec_after,
+                "within_period": change.at_day < config.days,
+            }
+        )
     first_change = changes[0] if changes else None
     return {
         "model": config.model,
@@ -874,8 +927,12 @@ def ground_truth(config: SyntheticConfig | None = None) -> dict[str, Any]:
         "scanners": scanners,
         "changes": changes,
         "population_changes": [
-            {"at_day": p.at_day, "site": p.site, "prevalence": p.prevalence,
-             "age_shift": p.age_shift}
+            {
+                "at_day": p.at_day,
+                "site": p.site,
+                "prevalence": p.prevalence,
+                "age_shift": p.age_shift,
+            }
             for p in config.population_changes
         ],
         "change_day": first_change["at_day"] if first_change else None,
@@ -883,9 +940,11 @@ def ground_truth(config: SyntheticConfig | None = None) -> dict[str, Any]:
         "changed_site": first_change["site"] if first_change else None,
         "changed_station": first_change["station"] if first_change else None,
         "expected_sensitivity_pre": (
-            first_change["expected_sensitivity_before"] if first_change else None),
+            first_change["expected_sensitivity_before"] if first_change else None
+        ),
         "expected_sensitivity_post": (
-            first_change["expected_sensitivity_after"] if first_change else None),
+            first_change["expected_sensitivity_after"] if first_change else None
+        ),
     }
 
 

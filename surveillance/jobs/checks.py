@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import TypeVar
 
 from surveillance.config import Settings
@@ -30,8 +31,8 @@ class ModelCheckResult:
 
 
 def _recorded(
-    store: Store, job_id: str, as_of: datetime, work: Callable[[int | None], list]
-) -> list:  # type: ignore[type-arg]
+    store: Store, job_id: str, as_of: datetime, work: Callable[[int], list[T]]
+) -> list[T]:
     run_id = store.start_job_run(job_id, as_of)
     if run_id is None:
         return []  # already ran for this scheduled time
@@ -42,6 +43,18 @@ def _recorded(
         raise
     store.finish_job_run(run_id)
     return result
+
+
+def _drift_job(
+    store: Store, model: ModelInfo, settings: Settings, as_of: datetime, run_id: int
+) -> list[DriftCheck]:
+    return run_drift(store, model, settings.drift, as_of=as_of, job_run_id=run_id)
+
+
+def _performance_job(
+    store: Store, model: ModelInfo, settings: Settings, as_of: datetime, run_id: int
+) -> list[PerformanceCheck]:
+    return run_performance(store, model, settings.performance, as_of=as_of, job_run_id=run_id)
 
 
 def run_checks(
@@ -57,23 +70,19 @@ def run_checks(
     for model in models:
         if progress:
             progress(f"drift checks for {model.name}")
-        drift = _recorded(
+        drift: list[DriftCheck] = _recorded(
             store,
             f"drift:{model.name}",
             as_of,
-            lambda run_id, m=model: run_drift(
-                store, m, settings.drift, as_of=as_of, job_run_id=run_id
-            ),
+            partial(_drift_job, store, model, settings, as_of),
         )
         if progress:
             progress(f"performance checks for {model.name}")
-        performance = _recorded(
+        performance: list[PerformanceCheck] = _recorded(
             store,
             f"performance:{model.name}",
             as_of,
-            lambda run_id, m=model: run_performance(
-                store, m, settings.performance, as_of=as_of, job_run_id=run_id
-            ),
+            partial(_performance_job, store, model, settings, as_of),
         )
         outcome = apply_policy(store, model, drift, performance, settings.drift, now=as_of)
         results.append(ModelCheckResult(model, tuple(drift), tuple(performance), outcome))

@@ -255,12 +255,12 @@ class Store:
             (b.finding, b.metric, b.stratum): b
             for b in s.scalars(select(BaselineRow).where(BaselineRow.model_id == row.id))
         }
-        wanted = set()
+        wanted: set[tuple[str, str, str]] = set()
         for b in config.baselines:
-            key = (b.finding, b.metric, b.stratum)
-            wanted.add(key)
+            baseline_key = (b.finding, b.metric, b.stratum)
+            wanted.add(baseline_key)
             values = b.model_dump(exclude={"finding", "metric", "stratum"})
-            current = existing.get(key)
+            current = existing.get(baseline_key)
             if current is None:
                 s.add(
                     BaselineRow(
@@ -288,15 +288,15 @@ class Store:
                 entity_id=f"{config.name}/{b.finding}/{b.metric}/{b.stratum}",
                 detail=values,
             )
-        for key, stale in existing.items():
-            if key not in wanted:
+        for stale_key, stale in existing.items():
+            if stale_key not in wanted:
                 s.delete(stale)
                 audit.append(
                     s,
                     actor=actor,
                     action="baseline.removed",
                     entity="clearance_baseline",
-                    entity_id=f"{config.name}/{'/'.join(key)}",
+                    entity_id=f"{config.name}/{'/'.join(stale_key)}",
                     detail={},
                 )
 
