@@ -140,7 +140,7 @@ def split(
     return pre, post
 
 
-def at_station(studies: dict[str, Study], station: str) -> dict[str, Study]:
+def at_station(studies: dict[str, Study], station: str | None) -> dict[str, Study]:
     return {u: s for u, s in studies.items() if s.metadata.station_name == station}
 
 
@@ -355,7 +355,9 @@ def test_score_distribution_of_the_changed_scanner_shifts(
     post_scores, post_truth = labelled(at_station(post, changed))
     assert np.median(pre_scores[~pre_truth]) - np.median(post_scores[~post_truth]) > 0.05
     other = next(
-        s for s in {s.metadata.station_name for s in long_studies.values()} if s != changed
+        s
+        for s in sorted({str(s.metadata.station_name) for s in long_studies.values()})
+        if s != changed
     )
     other_pre, other_truth_pre = labelled(at_station(pre, other))
     other_post, other_truth_post = labelled(at_station(post, other))
