@@ -87,6 +87,19 @@ class Detector:
         return np.asarray(data)
 
 
+def as_2d_float(data: ArrayLike, detector: str) -> np.ndarray:
+    """``data`` as a float64 array of shape (n, d); 1-D input becomes one feature."""
+    try:
+        arr = np.asarray(data, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{detector} needs numeric data: {exc}") from exc
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise ValueError(f"{detector} needs data of shape (n,) or (n, d), got {arr.shape}")
+    return arr
+
+
 def get_detector(key: str) -> type[Detector]:
     """The detector class registered under ``key``."""
     try:
@@ -101,5 +114,6 @@ __all__ = [
     "DriftResult",
     "InsufficientDataError",
     "NotFittedError",
+    "as_2d_float",
     "get_detector",
 ]

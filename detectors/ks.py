@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import ks_2samp
 
-from detectors.base import Detector, DriftResult, InsufficientDataError
+from detectors.base import Detector, DriftResult, InsufficientDataError, as_2d_float
 
 Correction = Literal["bonferroni", "holm", "fdr_bh"]
 _CORRECTIONS: tuple[str, ...] = get_args(Correction)
@@ -121,16 +121,7 @@ class KSDetector(Detector, key="ks"):
         self.feature_names: list[str] | None = feature_names
 
     def _prepare(self, data: ArrayLike) -> np.ndarray:
-        try:
-            arr = np.asarray(data, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{type(self).__name__} needs numeric data: {exc}") from exc
-        if arr.ndim == 1:
-            arr = arr[:, None]
-        if arr.ndim != 2:
-            raise ValueError(
-                f"{type(self).__name__} needs data of shape (n,) or (n, d), got {arr.shape}"
-            )
+        arr = as_2d_float(data, type(self).__name__)
         if self.feature_names is not None and len(self.feature_names) != arr.shape[1]:
             raise ValueError(
                 f"data has {arr.shape[1]} features but 'feature_names' has "

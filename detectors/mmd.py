@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from detectors.base import Detector, DriftResult, InsufficientDataError
+from detectors.base import Detector, DriftResult, InsufficientDataError, as_2d_float
 
 Reduce = Literal["pca", "random"]
 _REDUCERS: tuple[str, ...] = get_args(Reduce)
@@ -190,16 +190,7 @@ class MMDDetector(Detector, key="mmd"):
     def _prepare(self, data: ArrayLike) -> np.ndarray:
         if isinstance(data, torch.Tensor):
             data = data.detach().cpu().numpy()
-        try:
-            arr = np.asarray(data, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"{type(self).__name__} needs numeric data: {exc}") from exc
-        if arr.ndim == 1:
-            arr = arr[:, None]
-        if arr.ndim != 2:
-            raise ValueError(
-                f"{type(self).__name__} needs data of shape (n,) or (n, d), got {arr.shape}"
-            )
+        arr = as_2d_float(data, type(self).__name__)
         if not np.isfinite(arr).all():
             raise ValueError(
                 f"{type(self).__name__} needs finite data: drop or impute NaN/inf rows first"
