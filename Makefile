@@ -54,6 +54,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	bash scripts/ensure_postgres.sh
+	bash scripts/ensure_dcmtk.sh
 	SURVEILLANCE_REQUIRE_PG=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -510,6 +510,27 @@ def _not_yet(name: str, issue: str) -> Callable[..., NoReturn]:
     return command
 
 
+def _register_areas() -> None:
+    """Commands of each area live in their own module (``surveillance/cli_*.py``)."""
+    from surveillance import cli_dicom, cli_embed, cli_kafka, cli_ops, cli_reports
+
+    for area in (cli_kafka, cli_dicom, cli_embed, cli_ops, cli_reports):
+        area.register(cli)
+
+
+def group(name: str, help_text: str) -> click.Group:
+    """The top-level group ``name``, created on first use (for area modules)."""
+    existing = cli.commands.get(name)
+    if existing is None:
+        existing = click.Group(name, help=help_text)
+        cli.add_command(existing)
+    if not isinstance(existing, click.Group):
+        raise TypeError(f"'{name}' is a command, not a group")
+    return existing
+
+
+_register_areas()
+
 for _group, _name, _issue in [
     ("report", "pms", "PMS reports: see the reports issue"),
     ("export", "article72", "Article 72 export: see the reports issue"),
@@ -520,19 +541,16 @@ for _group, _name, _issue in [
     ("bench", "embed", "see the detectors issue"),
     ("deadletters", "replay", "see the connectors issue"),
 ]:
-    group = cli.commands.get(_group)
-    if group is None:
-        group = click.Group(_group, help=f"{_group} (being built)")
-        cli.add_command(group)
-    assert isinstance(group, click.Group)
-    group.add_command(
-        click.Command(
-            _name,
-            callback=_not_yet(f"{_group} {_name}", _issue),
-            help=f"Not available yet ({_issue}).",
-            context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    target = group(_group, f"{_group} (being built)")
+    if _name not in target.commands:
+        target.add_command(
+            click.Command(
+                _name,
+                callback=_not_yet(f"{_group} {_name}", _issue),
+                help=f"Not available yet ({_issue}).",
+                context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+            )
         )
-    )
 
 
 def main(argv: list[str] | None = None) -> None:
