@@ -224,18 +224,17 @@ def ingest(app: AppContext, paths: tuple[Path, ...]) -> None:
     from surveillance.ingest import Ingestor
 
     files: list[Path] = []
+    others: list[Path] = []
     for path in paths:
+        if not path.exists():
+            raise UsageError(f"{path} does not exist")
         if path.is_dir():
             files.extend(sorted(p for p in path.rglob("*.jsonl") if p.is_file()))
-        elif path.suffix == ".jsonl" and path.is_file():
+            others.append(path)
+        elif path.suffix == ".jsonl":
             files.append(path)
-        elif not path.exists():
-            raise UsageError(f"{path} does not exist")
         else:
-            raise UsageError(
-                f"{path}: only JSONL event files (*.jsonl) can be ingested by this version; "
-                "DICOM file ingest arrives with the DICOM connector"
-            )
+            others.append(path)
     ingestor = Ingestor(app.store(), app.pseudonymizer())
     for file in files:
         c = ingestor.ingest_jsonl(file)
@@ -244,6 +243,10 @@ def ingest(app: AppContext, paths: tuple[Path, ...]) -> None:
             f"already stored), {c.metadata} headers, {c.diagnoses_new} diagnoses new "
             f"({c.diagnoses_duplicate} already stored), {c.dead_letters} dead letter(s)"
         )
+    if others:
+        from surveillance.dicom_ingest import ingest_dicom_paths
+
+        ingest_dicom_paths(app, others)
 
 
 # ---- check ------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from surveillance.store import IngestBatch, IngestCounts, ModelInfo, Store
 from surveillance.store.domain import (
     DeadLetterRecord,
     DiagnosisRecord,
+    OffsetRecord,
     PredictionRecord,
     StudyMetadataRecord,
 )
@@ -250,12 +251,33 @@ class Ingestor:
         records: Iterable[RawRecord],
         parse: Callable[[RawRecord], Event],
         progress: Callable[[int], None] | None = None,
+        *,
+        consumer_group: str | None = None,
     ) -> IngestCounts:
-        """Parse, validate and write ``records`` in batches; bad ones become dead letters."""
+        """Parse, validate and write ``records`` in batches; bad ones become dead letters.
+
+        With ``consumer_group``, each batch also upserts the next offset of every
+        Kafka (topic, partition) it covers, in the same transaction as its rows.
+        """
         totals = IngestCounts()
         batch = IngestBatch()
         pending = 0
+        next_offsets: dict[tuple[str, int], int] = {}
+
+        def flush() -> IngestCounts:
+            if consumer_group is not None:
+                batch.offsets.extend(
+                    OffsetRecord(consumer_group, topic, partition, offset)
+                    for (topic, partition), offset in sorted(next_offsets.items())
+                )
+                next_offsets.clear()
+            return self.store.write_batch(batch)
+
         for raw in records:
+            position = raw.position
+            if consumer_group is not None and position.partition is not None:
+                key = (position.locator, position.partition)
+                next_offsets[key] = max(next_offsets.get(key, 0), (position.offset or 0) + 1)
             try:
                 if len(raw.data) > MAX_LINE_BYTES:
                     raise InvalidRecord(
@@ -266,13 +288,13 @@ class Ingestor:
                 batch.dead_letters.append(self.dead_letter(raw, exc.reason))
             pending += 1
             if len(batch) >= self.batch_size:
-                totals += self.store.write_batch(batch)
+                totals += flush()
                 batch = IngestBatch()
                 if progress is not None:
                     progress(pending)
                 pending = 0
-        if len(batch):
-            totals += self.store.write_batch(batch)
+        if len(batch) or next_offsets:
+            totals += flush()
         if progress is not None and pending:
             progress(pending)
         return totals

@@ -104,6 +104,17 @@ class DeadLetterRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SpoolRecord:
+    """A DICOM instance written to the spool (file already fsynced) for the embed job."""
+
+    study_uid_pseudonym: str
+    sop_instance_pseudonym: str
+    file_name: str
+    size_bytes: int
+    transfer_syntax: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class OffsetRecord:
     consumer_group: str
     topic: str
@@ -117,6 +128,7 @@ class IngestBatch:
     metadata: list[StudyMetadataRecord] = field(default_factory=list)
     diagnoses: list[DiagnosisRecord] = field(default_factory=list)
     dead_letters: list[DeadLetterRecord] = field(default_factory=list)
+    spool: list[SpoolRecord] = field(default_factory=list)
     offsets: list[OffsetRecord] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -125,6 +137,7 @@ class IngestBatch:
             + len(self.metadata)
             + len(self.diagnoses)
             + len(self.dead_letters)
+            + len(self.spool)
         )
 
 
@@ -138,6 +151,8 @@ class IngestCounts:
     diagnoses_new: int = 0
     diagnoses_duplicate: int = 0
     dead_letters: int = 0
+    spooled_new: int = 0
+    spooled_duplicate: int = 0
 
     def __add__(self, other: IngestCounts) -> IngestCounts:
         return IngestCounts(
@@ -320,6 +335,7 @@ __all__ = [
     "OffsetRecord",
     "PerformanceCheck",
     "PredictionRecord",
+    "SpoolRecord",
     "StudyMetadataRecord",
     "VolumeRow",
 ]

@@ -24,6 +24,7 @@ from surveillance.store.domain import (
     IngestCounts,
     OffsetRecord,
     PredictionRecord,
+    SpoolRecord,
     StudyMetadataRecord,
 )
 from surveillance.store.models import (
@@ -31,6 +32,7 @@ from surveillance.store.models import (
     DeadLetterRow,
     DeviceRow,
     DiagnosisRow,
+    ImageSpoolRow,
     PredictionRow,
     SiteRow,
     StudyRow,
@@ -232,6 +234,22 @@ def _write_diagnoses(
     return _insert_returning_count(session, DiagnosisRow, rows)
 
 
+def _write_spool(session: Session, records: list[SpoolRecord], studies: dict[str, int]) -> int:
+    now = utcnow()
+    rows = [
+        {
+            "study_id": studies[r.study_uid_pseudonym],
+            "sop_instance_pseudonym": r.sop_instance_pseudonym,
+            "file_name": r.file_name,
+            "size_bytes": r.size_bytes,
+            "transfer_syntax": r.transfer_syntax,
+            "received_at": now,
+        }
+        for r in records
+    ]
+    return _insert_returning_count(session, ImageSpoolRow, rows)
+
+
 def _write_dead_letters(session: Session, records: list[DeadLetterRecord]) -> int:
     if not records:
         return 0
@@ -266,9 +284,13 @@ def write_batch(session: Session, batch: IngestBatch) -> IngestCounts:
             first_seen[p.study_uid_pseudonym] = p.predicted_at
     for d in batch.diagnoses:
         first_seen.setdefault(d.study_uid_pseudonym, d.confirmed_at)
+    now = utcnow()
+    for sp in batch.spool:  # normally the header in this batch created the study already
+        first_seen.setdefault(sp.study_uid_pseudonym, now)
     studies = _ensure_studies(session, first_seen)
     new_predictions = _write_predictions(session, batch.predictions, studies)
     new_diagnoses = _write_diagnoses(session, batch.diagnoses, studies)
+    spooled = _write_spool(session, batch.spool, studies)
     dead = _write_dead_letters(session, batch.dead_letters)
     _write_offsets(session, batch.offsets)
     return IngestCounts(
@@ -278,6 +300,8 @@ def write_batch(session: Session, batch: IngestBatch) -> IngestCounts:
         diagnoses_new=new_diagnoses,
         diagnoses_duplicate=len(batch.diagnoses) - new_diagnoses,
         dead_letters=dead,
+        spooled_new=spooled,
+        spooled_duplicate=len(batch.spool) - spooled,
     )
 
 
