@@ -14,6 +14,7 @@ from datetime import date
 from typing import Any
 
 from pydicom import Dataset
+from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
 
 from connectors.events import DicomMetadataEvent, SourcePosition
@@ -42,6 +43,13 @@ IDENTIFIER_KEYWORDS: tuple[str, ...] = (
     "AccessionNumber",
     "StationName",
     "InstitutionName",
+)
+
+#: Read only to derive the age band; never stored.
+DERIVATION_KEYWORDS: tuple[str, ...] = ("PatientAge", "PatientBirthDate")
+_WANTED_TAGS = frozenset(
+    f"{tag_for_keyword(kw):08X}"
+    for kw in (*ALLOWED_KEYWORDS, *IDENTIFIER_KEYWORDS, *DERIVATION_KEYWORDS)
 )
 
 AGE_BAND_WIDTH = 10
@@ -162,11 +170,17 @@ def metadata_from_dataset(
 def metadata_from_dicom_json(
     obj: Any, position: SourcePosition | None = None
 ) -> DicomMetadataEvent:
-    """Parse one header in the DICOM JSON model (PS3.18 F.2)."""
+    """Parse one header in the DICOM JSON model (PS3.18 F.2).
+
+    Only the attributes we use are handed to pydicom: a real header has hundreds
+    of elements (and possibly inline binary data) that we would parse only to
+    throw away.
+    """
     if not isinstance(obj, dict):
         raise InvalidRecord("a dicom-metadata record must be a JSON object in the DICOM JSON model")
+    wanted = {k: v for k, v in obj.items() if isinstance(k, str) and k.upper() in _WANTED_TAGS}
     try:
-        ds = Dataset.from_json(obj)
+        ds = Dataset.from_json(wanted)
     except Exception as exc:  # pydicom raises many types for malformed JSON models
         raise InvalidRecord(f"not a valid DICOM JSON model header: {exc}") from exc
     return metadata_from_dataset(ds, position)

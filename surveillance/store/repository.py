@@ -578,18 +578,20 @@ class Store:
         key_columns = [c.name for c in unique.columns]
         now = utcnow()
         with self.sessions.scope() as s:
+            values = [{**row, "job_run_id": job_run_id, "created_at": now} for row in rows]
+            stmt = _insert(s, table)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=key_columns,
+                set_={k: stmt.excluded[k] for k in values[0] if k not in key_columns},
+            ).returning(table.id, sort_by_parameter_order=True)
             ids: list[int] = []
-            for row in rows:
-                values = {**row, "job_run_id": job_run_id, "created_at": now}
-                stmt = _insert(s, table).values(**values)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=key_columns,
-                    set_={k: stmt.excluded[k] for k in values if k not in key_columns},
-                ).returning(table.id)
-                ids.append(s.execute(stmt).scalar_one())
+            for start in range(0, len(values), 1000):  # one multi-row upsert per chunk
+                ids.extend(s.execute(stmt, values[start : start + 1000]).scalars())
             models = dict(s.execute(select(ModelRow.id, ModelRow.name)).all())
-            stored = s.scalars(select(table).where(table.id.in_(ids))).all()
-            by_id = {r.id: r for r in stored}
+            by_id = {}
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start : start + 1000]
+                by_id.update({r.id: r for r in s.scalars(select(table).where(table.id.in_(chunk)))})
             convert = _drift if table is DriftCheckRow else _performance
             result = [convert(by_id[i], models[by_id[i].model_id]) for i in ids]
             flagged = [r for r in result if r.status not in ("ok", "insufficient_data")]
