@@ -123,6 +123,8 @@ class KafkaConfig(_Strict):
     predictions_topic: str = "imaging.predictions"
     metadata_topic: str = "imaging.dicom-metadata"
     diagnoses_topic: str = "imaging.diagnoses"
+    batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    poll_timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 500
 
 
 class DicomConfig(_Strict):
@@ -130,6 +132,33 @@ class DicomConfig(_Strict):
     port: Annotated[int, Field(ge=1, le=65535)] = 11112
     spool_dir: Path = Path("spool")
     drop_folder: Path | None = None
+    drop_folder_poll_seconds: Annotated[float, Field(gt=0)] = 5.0
+    allowed_calling_aets: list[Annotated[str, Field(max_length=16)]] = Field(
+        default_factory=list, description="Empty: accept any calling AE title"
+    )
+    max_file_bytes: Annotated[int, Field(ge=1024)] = 512 * 1024 * 1024
+    tls_certificate: Path | None = None
+    tls_private_key: Path | None = None
+    tls_ca_certificate: Path | None = Field(
+        default=None, description="When set, peers must present a certificate it signed"
+    )
+
+
+class EmbeddingConfig(_Strict):
+    extractor: str = "conv-ae"
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
+    decode_workers: Annotated[int, Field(ge=0, le=64)] = 2
+    decode_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    decode_memory_mb: Annotated[int, Field(ge=64)] = 2048
+
+
+class RetentionConfig(_Strict):
+    """How long derived operational rows are kept; predictions and checks are evidence."""
+
+    dead_letter_days: Annotated[int, Field(ge=1)] = 180
+    job_run_days: Annotated[int, Field(ge=1)] = 400
+    failed_spool_days: Annotated[int, Field(ge=1)] = 30
 
 
 class SchedulesConfig(_Strict):
@@ -179,6 +208,8 @@ class Settings(_Strict):
     performance: PerformanceConfig = PerformanceConfig()
     kafka: KafkaConfig = KafkaConfig()
     dicom: DicomConfig = DicomConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    retention: RetentionConfig = RetentionConfig()
     schedules: SchedulesConfig = SchedulesConfig()
     alerts: list[AlertChannelConfig] = Field(default_factory=list)
 
