@@ -128,6 +128,7 @@ class KafkaConfig(_Strict):
 
 
 class DicomConfig(_Strict):
+    receive: bool = Field(default=False, description="Run the C-STORE receiver in the daemon")
     ae_title: str = Field(default="SURVEILLANCE", max_length=16)
     port: Annotated[int, Field(ge=1, le=65535)] = 11112
     spool_dir: Path = Path("spool")
