@@ -54,7 +54,7 @@ def _performance_signals(
 ) -> list[IncidentSignal]:
     groups: dict[tuple[str, str, str, str], list[PerformanceCheck]] = defaultdict(list)
     for c in checks:
-        if c.status == "breach":
+        if c.status == "breach" and not c.estimated:  # an estimate never opens an incident
             groups[(c.finding, c.metric, c.stratum_kind, c.stratum_value)].append(c)
     signals = []
     mdr, fda = deadlines(VigilanceClass.ASSESSMENT_PENDING, now)

@@ -114,10 +114,11 @@ def performance_table(
     metrics: Sequence[str] = ("sensitivity", "specificity", "auroc"),
 ) -> Table:
     """The latest judged window per stratum, against the baseline's alert limit."""
-    if not checks:
+    judged = [c for c in checks if not c.estimated]
+    if not judged:
         return Table(title="Performance: no matured window yet")
-    latest_end = max(c.window_end for c in checks)
-    latest = [c for c in checks if c.window_end == latest_end and not c.estimated]
+    latest_end = max(c.window_end for c in judged)
+    latest = [c for c in judged if c.window_end == latest_end]
     start = latest[0].window_start
     table = Table(
         "stratum",
