@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -481,29 +480,44 @@ def keys_generate(path: Path) -> None:
 
 
 @cli.command()
-@click.option("--once", is_flag=True, help="Run the checks once and exit.")
+@click.option("--once", is_flag=True, help="Run the checks and alerts once now and exit.")
 @pass_app
 def run(app: AppContext, once: bool) -> None:
-    """The daemon: refuses an out-of-date schema, then runs the checks on schedule."""
-    from surveillance.jobs.checks import run_checks
-    from surveillance.schedules import parse_interval
+    """The daemon: refuses an out-of-date schema, then runs the scheduled jobs.
+
+    Across replicas exactly one runs the scheduler (PostgreSQL advisory lock);
+    the others wait as standbys and take over when it dies.
+    """
+    import logging
+
+    from surveillance.daemon import Daemon
+    from surveillance.scheduled_jobs import ONCE_JOBS, JobContext, build_jobs
+    from surveillance.scheduler import SchedulerService, run_once
 
     store = app.store()  # raises SchemaOutOfDateError with the upgrade command
-    interval = parse_interval(app.settings.schedules.drift)
-    click.echo(
-        f"surveillance daemon: checks every {interval:.0f}s on "
-        f"{store.engine.url.render_as_string(hide_password=True)}"
-    )
-    while True:
-        for r in run_checks(store, app.settings, as_of=utcnow()):
-            click.echo(
-                f"{when(utcnow())} {r.model.name}: {len(r.drift)} drift checks, "
-                f"{len(r.performance)} performance checks, "
-                f"{len(r.policy.opened)} incident(s) opened"
-            )
-        if once:
-            return
-        time.sleep(interval)
+    settings = app.settings
+    jobs = build_jobs(settings)
+    context = JobContext(settings=settings, store=store)
+    url = store.engine.url.render_as_string(hide_password=True)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)  # our ledger logs each run
+    if once:
+        ran = run_once(store, [j for j in jobs if j.id in ONCE_JOBS], context, now=utcnow())
+        click.echo(
+            f"{when(utcnow())} ran {', '.join(ran) or 'nothing (already ran this second)'} on "
+            f"{url}; {len(store.incidents(status='open'))} open incident(s)"
+        )
+        store.close()
+        return
+    # The lead plugs the Kafka consumer and DICOM receiver services in here.
+    services = [SchedulerService(store, jobs, context)]
+    click.echo(f"surveillance daemon on {url}: " + "; ".join(f"{j.id} {j.schedule}" for j in jobs))
+    reason = Daemon(services).run()
+    click.echo(f"surveillance daemon stopped ({reason})")
+    store.close()
 
 
 def _not_yet(name: str, issue: str) -> Callable[..., NoReturn]:

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, ClassVar
 
 from rich.console import Console
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from connectors import synthetic
-from surveillance.config import EXAMPLE_CONFIG, Settings, load_settings
+from surveillance.alerts import process_alerts
+from surveillance.config import EXAMPLE_CONFIG, AlertChannelConfig, Settings, load_settings
+from surveillance.demo_artifacts import write_demo_artifacts
 from surveillance.ingest import Ingestor, count_lines
 from surveillance.jobs.checks import run_checks
 from surveillance.jobs.windows import floor_day
@@ -167,8 +172,11 @@ def run_demo(*, out: Path, days: int, seed: int, console: Console) -> None:
         console.print(drift_table(result.drift))
         console.print(performance_table(result.performance))
     console.print(incidents_table(store.incidents(status="open"), utcnow()))
+    deliver_demo_alerts(store, settings, console)
     for letter in store.dead_letters():
         console.print(f"[yellow]dead letter[/] {letter.id} ({letter.position}): {letter.reason}")
+    for path in write_demo_artifacts(store, settings, out, settings.models[0].name):
+        console.print(f"wrote {path}")
     report = store.verify_audit()
     console.print(
         f"audit chain: {'intact' if report.ok else 'BROKEN'}, {report.events} events, "
@@ -192,6 +200,45 @@ def run_demo(*, out: Path, days: int, seed: int, console: Console) -> None:
         "incidents show ID | deadletters list | audit verify"
     )
     store.close()
+
+
+class _AlertReceiver(BaseHTTPRequestHandler):
+    """A stand-in for the on-call webhook: keeps what it is sent."""
+
+    received: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        type(self).received.append(json.loads(self.rfile.read(length)))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *_: Any) -> None:
+        return
+
+
+def deliver_demo_alerts(store: Store, settings: Settings, console: Console) -> None:
+    """Page a webhook on loopback through the real alert path and show what arrived."""
+    _AlertReceiver.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _AlertReceiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/alerts"
+        channel = AlertChannelConfig(name="demo-webhook", type="webhook", url=url)
+        process_alerts(store, settings.model_copy(update={"alerts": [channel]}))
+    finally:
+        server.shutdown()
+        server.server_close()
+    for body in _AlertReceiver.received[:2]:
+        console.print(
+            Panel(
+                str(body.get("text", body)),
+                title=f"alert delivered: incident #{body.get('incident_id')}",
+            )
+        )
+    if len(_AlertReceiver.received) > 2:
+        console.print(f"... and {len(_AlertReceiver.received) - 2} more alert(s) delivered")
 
 
 __all__ = ["run_demo"]

@@ -9,6 +9,10 @@ third-party errors are translated at the edge with ``raise ... from exc``::
     │   ├── PseudonymKeyError   the HMAC key is missing or unreadable
     │   └── NotFoundError       a named model, incident, ... does not exist
     ├── InvalidRecord           one ingested record failed validation (dead-lettered)
+    ├── ExportRefused           an Article 72 export cannot be made (e.g. broken audit chain)
+    │                           (defined in surveillance.exports.article72)
+    ├── GrafanaPushError        Grafana rejected dashboards or annotations
+    │                           (defined in dashboards.provisioning)
     └── StoreError              the database failed: exit code 1
         ├── StoreConnectionError  cannot reach / open the database (exit 2: fix the URL)
         ├── SchemaOutOfDateError  the schema is behind the code (exit 2: run the upgrade)

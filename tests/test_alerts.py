@@ -1,0 +1,338 @@
+"""Alerts end to end: a breach from the synthetic feed pages each channel once.
+
+Real receivers on loopback: an HTTP server (webhook, Alertmanager, Slack) and an
+aiosmtpd SMTP server. The scheduled drift and performance jobs run through the
+ledger exactly as the daemon runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fixtures_ops import HttpReceiver, SmtpSink, http_receiver, pg_store, smtp_sink  # noqa: F401
+
+from connectors import synthetic
+from surveillance.alerts import RetryPolicy, process_alerts
+from surveillance.config import AlertChannelConfig, Settings
+from surveillance.demo import demo_feed
+from surveillance.ingest import Ingestor
+from surveillance.jobs.windows import floor_day
+from surveillance.pseudonym import Pseudonymizer
+from surveillance.scheduled_jobs import JobContext, build_jobs
+from surveillance.scheduler import run_once
+from surveillance.store import Store
+from surveillance.store.alert_store import deliveries, rearm_deliveries
+from surveillance.store.ingest_writer import device_label
+from surveillance.store.repository import IncidentSignal
+from surveillance.store.types import utcnow
+from surveillance.vigilance import VigilanceClass, deadlines
+
+DASHBOARD = "http://grafana.test/d/surveillance"
+
+
+def _with_channels(settings: Settings, receiver: HttpReceiver, sink: SmtpSink | None) -> Settings:
+    channels = [
+        AlertChannelConfig(name="hook", type="webhook", url=receiver.url("/hook")),
+        AlertChannelConfig(name="am", type="alertmanager", url=receiver.url("/api/v2/alerts")),
+        AlertChannelConfig(name="chat", type="slack", url=receiver.url("/slack")),
+    ]
+    if sink is not None:
+        channels.append(
+            AlertChannelConfig(
+                name="mail",
+                type="smtp",
+                smtp_host=sink.host,
+                smtp_port=sink.port,
+                sender="surveillance@hospital.test",
+                recipients=["oncall@hospital.test"],
+            )
+        )
+    service = settings.service.model_copy(update={"dashboard_url": DASHBOARD})
+    return settings.model_copy(update={"alerts": channels, "service": service})
+
+
+def _pages(receiver: HttpReceiver, sink: SmtpSink) -> dict[str, Counter[tuple[int, str]]]:
+    """Per channel: (incident id, open|resolve) -> number of messages received."""
+    return {
+        "hook": Counter((b["incident_id"], b["kind"]) for b in receiver.at("/hook")),
+        "am": Counter(
+            (int(a["labels"]["incident_id"]), "resolve" if "endsAt" in a else "open")
+            for body in receiver.at("/api/v2/alerts")
+            for a in body
+        ),
+        "chat": Counter(
+            (
+                int(b["text"].rsplit("#", 1)[1].rstrip(")")),
+                "resolve" if "RESOLVED" in b["text"] else "open",
+            )
+            for b in receiver.at("/slack")
+        ),
+        "mail": Counter(
+            (
+                int(m["Subject"].rsplit("#", 1)[1].rstrip(")")),
+                "resolve" if "RESOLVED" in m["Subject"] else "open",
+            )
+            for m in sink.messages
+        ),
+    }
+
+
+@pytest.mark.postgres
+def test_breach_pages_each_channel_once_and_resolves_once(
+    pg_store: Store,  # noqa: F811
+    settings: Settings,
+    pseudonymizer: Pseudonymizer,
+    http_receiver: HttpReceiver,  # noqa: F811
+    smtp_sink: SmtpSink,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    store = pg_store
+    now = utcnow()
+    feed = demo_feed(days=120, seed=11, start=floor_day(now) - timedelta(days=120))
+    truth = synthetic.ground_truth(feed)
+    change = truth["changes"][0]
+    for site in feed.sites:
+        store.set_site_label(pseudonymizer("institution", site.institution_name), site.name)
+    Ingestor(store, pseudonymizer, batch_size=5000).ingest_events(synthetic.events(feed))
+    scanner = next(s for s in truth["scanners"] if s["station"] == change["station"])
+    changed = device_label(
+        scanner["manufacturer"],
+        scanner["manufacturer_model_name"],
+        pseudonymizer("station", change["station"]),
+        change["site"],
+    )
+
+    configured = _with_channels(settings, http_receiver, smtp_sink)
+    jobs = [j for j in build_jobs(configured) if j.id in ("drift", "performance")]
+    context = JobContext(configured, store)
+    assert run_once(store, jobs, context, now=now) == ["drift", "performance"]
+
+    incidents = store.incidents(status="open")
+    keys = [(i.signal_kind, i.signal, i.stratum_kind, i.stratum_value) for i in incidents]
+    assert len(keys) == len(set(keys)), "an incident key is open twice"
+    breach = next(
+        i
+        for i in incidents
+        if i.signal == "pneumothorax:sensitivity" and i.stratum_value == changed
+    )
+    open_ids = {i.id for i in incidents}
+    pages = _pages(http_receiver, smtp_sink)
+    for channel, counted in pages.items():
+        assert counted == Counter({(i, "open"): 1 for i in open_ids}), channel
+
+    # the 3 a.m. message: what, where, how much vs which baseline, since when, next, links
+    body = next(b for b in http_receiver.at("/hook") if b["incident_id"] == breach.id)
+    assert body["schema"] == "surveillance.alert/v1"
+    assert body["where"]["site"] == change["site"]
+    assert body["where"]["scanner"] == changed.rsplit(" @ ", 1)[0]
+    assert body["where"]["model"] == "cxr-pneumothorax 2.1.0"
+    assert body["how_much"].startswith("sensitivity 0.")
+    assert "below the alert limit" in body["how_much"]
+    assert "alert limit 0.850" in body["baseline"] and "CPS-017" in body["baseline"]
+    assert body["since"] <= now.isoformat()
+    assert "EU MDR report due" in body["vigilance"] and "left" in body["vigilance"]
+    assert body["incident_command"] == f"surveillance incidents show {breach.id}"
+    assert body["dashboard_url"].startswith(DASHBOARD + "?")
+    assert f"var-incident={breach.id}" in body["dashboard_url"]
+    assert any("assess" in step for step in body["next_steps"])
+    (alert,) = next(
+        a
+        for a in http_receiver.at("/api/v2/alerts")
+        if a[0]["labels"]["incident_id"] == str(breach.id)
+    )
+    assert alert["labels"]["scanner"] == body["where"]["scanner"]
+    assert alert["generatorURL"] == body["dashboard_url"] and "endsAt" not in alert
+    mail = next(m for m in smtp_sink.messages if f"#{breach.id})" in m["Subject"])
+    text = mail.get_payload()
+    assert "Next steps:" in text and DASHBOARD in text and "How much:" in text
+
+    # checks again five minutes later: evidence is added, nobody is paged again
+    later = [j for j in build_jobs(configured) if j.id in ("drift", "performance")]
+    assert run_once(store, later, context, now=now + timedelta(minutes=5)) == [
+        "drift",
+        "performance",
+    ]
+    assert {i.id for i in store.incidents(status="open")} == open_ids
+    assert _pages(http_receiver, smtp_sink) == pages
+    # Alertmanager is refreshed (same labels: it de-duplicates), the others are not
+    process_alerts(store, configured, refresh=True)
+    refreshed = http_receiver.at("/api/v2/alerts")[len(open_ids) :]
+    assert sorted(a[0]["labels"]["incident_id"] for a in refreshed) == sorted(map(str, open_ids))
+    assert all("endsAt" not in a[0] for a in refreshed)
+    assert len(http_receiver.at("/hook")) == len(open_ids)
+
+    # closing sends one resolve per channel, once
+    store.update_incident(
+        breach.id,
+        actor="eng-bo",
+        kind="closed",
+        note="software rolled back",
+        status="closed",
+        closed_at=utcnow(),
+        resolution="software rolled back",
+        capa_reference="CAPA-42",
+    )
+    process_alerts(store, configured)
+    process_alerts(store, configured)
+    after = _pages(http_receiver, smtp_sink)
+    for channel in ("hook", "chat", "mail"):
+        assert after[channel][(breach.id, "resolve")] == 1, channel
+    resolved = [
+        a
+        for body in http_receiver.at("/api/v2/alerts")
+        for a in body
+        if a["labels"]["incident_id"] == str(breach.id) and "endsAt" in a
+    ]
+    assert len(resolved) == 1 and resolved[0]["labels"] == alert["labels"]
+    resolve_mail = next(m for m in smtp_sink.messages if m["Subject"].startswith("[RESOLVED]"))
+    assert resolve_mail["In-Reply-To"] == mail["Message-ID"]
+    assert "software rolled back" in resolve_mail.get_payload()
+    log = deliveries(store, limit=1000)
+    assert all(d.status == "delivered" for d in log)
+    assert len(log) == 4 * (len(open_ids) + 1)
+    assert store.verify_audit().ok
+
+
+def _bare_incident(store: Store, site: str = "Northgate") -> int:
+    model = store.model("cxr-pneumothorax")
+    mdr, fda = deadlines(VigilanceClass.ASSESSMENT_PENDING, utcnow())
+    incident, _ = store.raise_incident(
+        IncidentSignal(
+            model_id=model.id,
+            signal_kind="drift",
+            signal="drift",
+            stratum_kind="site",
+            stratum_value=site,
+            severity="medium",
+            title=f"Data drift at site {site}",
+            summary="test",
+            evidence_at=utcnow(),
+            vigilance_class=VigilanceClass.ASSESSMENT_PENDING.value,
+            mdr_deadline_at=mdr,
+            fda_deadline_at=fda,
+        ),
+        actor="test",
+    )
+    return incident.id
+
+
+def test_failing_receiver_is_retried_with_backoff_and_logged(
+    store: Store,
+    settings: Settings,
+    http_receiver: HttpReceiver,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    incident_id = _bare_incident(store)
+    configured = _with_channels(settings, http_receiver, None).model_copy(
+        update={
+            "alerts": [
+                AlertChannelConfig(name="hook", type="webhook", url=http_receiver.url("/hook"))
+            ]
+        }
+    )
+    policy = RetryPolicy(base_s=10, factor=2, max_delay_s=600, max_attempts=5)
+    http_receiver.fail_next(2, status=503)
+    t0 = utcnow()
+    with caplog.at_level(logging.WARNING, logger="surveillance.alerts"):
+        first = process_alerts(store, configured, now=t0, policy=policy)
+    assert (first.queued, first.delivered, first.retrying) == (1, 0, 1)
+    (d,) = deliveries(store)
+    assert (d.status, d.attempts, d.next_attempt_at) == ("pending", 1, t0 + timedelta(seconds=10))
+    assert d.last_error is not None and "HTTP 503" in d.last_error
+    assert "failed (attempt 1)" in caplog.text
+
+    assert (
+        process_alerts(store, configured, now=t0 + timedelta(seconds=5), policy=policy).delivered
+        == 0
+    )
+    assert deliveries(store)[0].attempts == 1  # not due yet: no attempt
+    process_alerts(store, configured, now=t0 + timedelta(seconds=10), policy=policy)
+    (d,) = deliveries(store)
+    assert (d.attempts, d.next_attempt_at) == (2, t0 + timedelta(seconds=30))  # 10 s, then 20 s
+    done = process_alerts(store, configured, now=t0 + timedelta(seconds=30), policy=policy)
+    assert done.delivered == 1
+    (d,) = deliveries(store)
+    assert (d.status, d.attempts, d.last_error) == ("delivered", 3, None)
+    assert [b["incident_id"] for b in http_receiver.at("/hook")] == [incident_id]
+    assert (
+        process_alerts(store, configured, now=t0 + timedelta(hours=1), policy=policy).delivered == 0
+    )
+
+    # a receiver down for good: give up after max_attempts, re-arm by hand, then delivered
+    second = _bare_incident(store, "Southgate")
+    http_receiver.fail_next(10, status=500)
+    stubborn = RetryPolicy(base_s=1, max_attempts=2)
+    t1 = t0 + timedelta(hours=2)
+    process_alerts(store, configured, now=t1, policy=stubborn)
+    report = process_alerts(store, configured, now=t1 + timedelta(seconds=1), policy=stubborn)
+    assert report.failed == 1
+    failed = deliveries(store, status="failed")
+    assert [f.incident_id for f in failed] == [second]
+    http_receiver.clear_failures()
+    assert rearm_deliveries(store, now=t1 + timedelta(seconds=2), actor="eng-bo") == 1
+    assert process_alerts(store, configured, now=t1 + timedelta(seconds=2)).delivered == 1
+    assert store.verify_audit().ok
+
+
+def _cli(*args: str, db_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SURVEILLANCE_")}
+    env["SURVEILLANCE_DB_URL"] = db_url
+    return subprocess.run(
+        [sys.executable, "-m", "surveillance", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+@pytest.mark.postgres
+def test_alert_and_scheduler_commands(
+    pg_store: Store,  # noqa: F811
+    pg_url: str,
+    http_receiver: HttpReceiver,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "surveillance.toml"
+    config.write_text(
+        f'[[alerts]]\nname = "hook"\ntype = "webhook"\nurl = "{http_receiver.url("/hook")}"\n'
+        '[schedules]\nretention = "cron 0 3 * * 0"\n'
+    )
+    sent = _cli("--config", str(config), "alerts", "test", db_url=pg_url, cwd=tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    (test_body,) = http_receiver.at("/hook")
+    assert test_body["title"].startswith("Test alert")
+
+    incident_id = _bare_incident(pg_store)
+    once = _cli("--config", str(config), "run", "--once", db_url=pg_url, cwd=tmp_path)
+    assert once.returncode == 0, once.stderr
+    assert "ran drift, performance, alert_retries" in once.stdout
+    listed = _cli("alerts", "list", "--json", db_url=pg_url, cwd=tmp_path)
+    rows: list[dict[str, Any]] = json.loads(listed.stdout)
+    assert [(r["incident_id"], r["channel"], r["status"]) for r in rows] == [
+        (incident_id, "hook", "delivered")
+    ]
+    status = _cli(
+        "--config", str(config), "scheduler", "status", "--json", db_url=pg_url, cwd=tmp_path
+    )
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["leader"]["leader"] is None
+    jobs = {j["job"]: j for j in report["jobs"]}
+    assert jobs["retention"]["schedule"] == "cron 0 3 * * 0"
+    assert jobs["drift"]["last_status"] == "succeeded"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[schedules]\ndrift = "every fortnight"\n')
+    refused = _cli("--config", str(bad), "run", "--once", db_url=pg_url, cwd=tmp_path)
+    assert refused.returncode == 2 and "[schedules] drift" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -1,0 +1,335 @@
+"""Every Grafana panel's SQL runs on real PostgreSQL as the read-only role.
+
+No Grafana server can run here, so the test does what Grafana's PostgreSQL data
+source does before it sends a query: it interpolates the template variables
+(a multi-value variable becomes a quoted, comma-separated list; ``$__interval``
+becomes a duration) and expands the macros (``$__timeFilter``,
+``$__timeGroupAlias``, ...) the way Grafana's SQL macro engine writes them. Then
+it runs the query connected as ``surveillance_grafana`` (created by
+deploy/readonly_role.sql) on a database holding the demo's data, and checks
+that rows come back with the columns the panel needs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import psycopg
+import pytest
+from fixtures_reports import (  # noqa: F401
+    MODEL,
+    ReportDemo,
+    report_demo,
+    report_demo_clone,
+)
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from sqlalchemy.engine import make_url
+
+from dashboards.provisioning import (
+    DASHBOARD_DIR,
+    DataSource,
+    dashboards,
+    export_provisioning,
+    push,
+)
+from surveillance.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+READONLY_SQL = ROOT / "deploy" / "readonly_role.sql"
+ROLE = "surveillance_grafana"
+
+# What each panel needs from its query. Time series panels need a "time" column;
+# a "metric" column names the series in long format.
+EXPECTED: dict[str, dict[str, set[str]]] = {
+    "surveillance-overview": {
+        "Ingest rate: predictions stored": {"time", "predictions"},
+        "Ingest lag: prediction to stored (p50, p95)": {"time", "p50_seconds", "p95_seconds"},
+        "Freshness per site": {"site", "last_prediction", "minutes_since_last"},
+        "Dead letters by kind": {"time", "metric", "value"},
+        "Unreplayed dead letters": {"id", "received_at", "kind", "reason"},
+        "Check runs": {"job_id", "status", "scheduled_for", "seconds", "error"},
+    },
+    "surveillance-drift": {
+        "Drifted signals per window, by scanner": {"time", "metric", "value"},
+        "Drifted signals per window, by site": {"time", "metric", "value"},
+        "Overall: -log10(p) per signal": {"time", "metric", "value"},
+        "Drifted checks": {"window_end", "stratum_kind", "stratum_value", "signal", "p_value"},
+        "annotation: Drift incidents": {"time", "text", "tags"},
+    },
+    "surveillance-performance": {
+        "Overall $metric with 95% CI, clearance value and alert limit": {
+            "time",
+            "value",
+            "ci_lower",
+            "ci_upper",
+            "clearance_value",
+            "alert_limit",
+        },
+        "$metric per site": {"time", "metric", "value"},
+        "$metric per scanner": {"time", "metric", "value"},
+        "Latest judged window per stratum": {
+            "stratum_kind",
+            "stratum_value",
+            "value",
+            "ci_lower",
+            "ci_upper",
+            "status",
+        },
+        "Breaches and warnings": {"window_end", "stratum_value", "status", "value"},
+    },
+    "surveillance-incidents": {
+        "Open incidents and reporting deadlines": {
+            "id",
+            "title",
+            "severity",
+            "mdr_deadline_at",
+            "hours_to_mdr_deadline",
+            "fda_deadline_at",
+            "hours_to_fda_deadline",
+        },
+        "Open incidents by severity": {"severity", "incidents"},
+        "Incidents opened": {"time", "metric", "value"},
+        "Incident timeline": {"incident_id", "at", "kind", "actor", "note"},
+    },
+}
+
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _seconds(duration: str) -> int:
+    match = re.fullmatch(r"'?(\d+)([smhdw])'?", duration.strip())
+    assert match, f"unsupported interval {duration!r}"
+    return int(match.group(1)) * UNIT_SECONDS[match.group(2)]
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def interpolate(
+    sql: str, variables: dict[str, str | list[str]], start: datetime, end: datetime
+) -> str:
+    """Template variables first, then macros, as Grafana does."""
+    out = sql.replace("$__interval", "1h")
+    for name in sorted(variables, key=len, reverse=True):  # $scanner before $s...
+        value = variables[name]
+        text = ",".join(_quote(v) for v in value) if isinstance(value, list) else value
+        out = re.sub(rf"\$\{{{name}\}}|\${name}\b", lambda _m, t=text: t, out)
+    frm, to = (f"'{t:%Y-%m-%dT%H:%M:%SZ}'" for t in (start, end))
+
+    def group(match: re.Match[str], alias: bool) -> str:
+        column, interval = (a.strip() for a in match.group(1).split(",")[:2])
+        seconds = _seconds(interval)
+        expr = f"floor(extract(epoch from {column})/{seconds})*{seconds}"
+        return f'{expr} AS "time"' if alias else expr
+
+    out = re.sub(r"\$__timeGroupAlias\(([^()]*)\)", lambda m: group(m, True), out)
+    out = re.sub(r"\$__timeGroup\(([^()]*)\)", lambda m: group(m, False), out)
+    out = re.sub(
+        r"\$__timeFilter\(([^()]*)\)", lambda m: f"{m.group(1)} BETWEEN {frm} AND {to}", out
+    )
+    out = out.replace("$__timeFrom()", frm).replace("$__timeTo()", to)
+    leftover = re.findall(r"\$\w+", out)
+    assert not leftover, f"uninterpolated {leftover} in {out}"
+    return out
+
+
+def _queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            yield panel["title"], target
+    for annotation in dashboard["annotations"]["list"]:
+        if "target" in annotation:
+            yield f"annotation: {annotation['name']}", annotation["target"]
+
+
+@pytest.fixture
+def grafana_conn(report_demo_clone: str) -> Iterator[psycopg.Connection[Any]]:  # noqa: F811
+    """The demo database with deploy/readonly_role.sql applied, connected as the role."""
+    url = make_url(report_demo_clone)
+    admin = make_conninfo(
+        host=url.host, port=url.port, user=url.username, dbname=url.database, connect_timeout=10
+    )
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(READONLY_SQL.read_text())  # type: ignore[arg-type]
+    params = conninfo_to_dict(admin) | {"user": ROLE}
+    with psycopg.connect(make_conninfo(**params)) as conn:  # type: ignore[arg-type]
+        yield conn
+
+
+def _variables(conn: psycopg.Connection[Any]) -> dict[str, str | list[str]]:
+    """Values as Grafana would offer them: the demo model, 'All' sites and scanners."""
+    sites = [r[0] for r in conn.execute("SELECT label FROM site ORDER BY label")]
+    scanners = [r[0] for r in conn.execute("SELECT label FROM device ORDER BY label")]
+    conn.rollback()
+    return {"model": MODEL, "site": sites, "scanner": scanners, "metric": "sensitivity"}
+
+
+def test_every_dashboard_is_covered() -> None:
+    found = {d["uid"]: {title for title, _ in _queries(d)} for d in dashboards()}
+    assert found == {uid: set(panels) for uid, panels in EXPECTED.items()}
+
+
+@pytest.mark.postgres
+def test_every_panel_query_runs_as_the_read_only_role(
+    grafana_conn: psycopg.Connection[Any],
+    report_demo: ReportDemo,  # noqa: F811
+) -> None:
+    start = report_demo.first_prediction - timedelta(days=1)
+    end = report_demo.now + timedelta(days=1)
+    variables = _variables(grafana_conn)
+    failures = []
+    checked = 0
+    for dashboard in dashboards():
+        # template variable queries must run too (they fill the drop-downs)
+        for var in dashboard["templating"]["list"]:
+            if var["type"] == "query":
+                sql = interpolate(var["query"], variables, start, end)
+                assert grafana_conn.execute(sql).fetchall(), f"variable {var['name']}: no values"
+                grafana_conn.rollback()
+        for title, target in _queries(dashboard):
+            sql = interpolate(target["rawSql"], variables, start, end)
+            try:
+                cursor = grafana_conn.execute(sql)
+                rows = cursor.fetchall()
+                columns = {c.name for c in cursor.description or ()}
+            except psycopg.Error as exc:
+                failures.append(f"{dashboard['uid']} / {title}: {exc}".strip())
+                grafana_conn.rollback()
+                continue
+            grafana_conn.rollback()
+            missing = EXPECTED[dashboard["uid"]][title] - columns
+            if missing or not rows:
+                failures.append(
+                    f"{dashboard['uid']} / {title}: {len(rows)} row(s), missing {sorted(missing)}"
+                )
+            if target.get("format") == "time_series" and "time" in columns:
+                assert rows[0][[c.name for c in cursor.description or ()].index("time")] is not None
+            checked += 1
+    assert not failures, "\n".join(failures)
+    assert checked == sum(len(p) for p in EXPECTED.values())
+
+
+@pytest.mark.postgres
+def test_read_only_role_cannot_write_or_read_identifiers(
+    grafana_conn: psycopg.Connection[Any],
+) -> None:
+    for statement in (
+        "DELETE FROM incident",
+        "UPDATE model SET version = 'x'",
+        "SELECT patient_pseudonym FROM study LIMIT 1",
+        "SELECT payload FROM dead_letter LIMIT 1",
+        "SELECT hash FROM audit_event LIMIT 1",
+    ):
+        with pytest.raises(psycopg.Error) as caught:
+            grafana_conn.execute(statement)
+        grafana_conn.rollback()
+        assert isinstance(
+            caught.value,
+            psycopg.errors.InsufficientPrivilege | psycopg.errors.ReadOnlySqlTransaction,
+        ), statement
+
+
+def test_provisioning_export_writes_datasource_and_dashboards(tmp_path: Path) -> None:
+    written = export_provisioning(
+        tmp_path, DataSource(host="db.example", port=5433, database="surv", user=ROLE)
+    )
+    names = {p.relative_to(tmp_path).as_posix() for p in written}
+    assert "datasources/surveillance.yaml" in names
+    assert "dashboards/surveillance.yaml" in names
+    for source in DASHBOARD_DIR.glob("*.json"):
+        copied = tmp_path / "dashboards" / "surveillance" / source.name
+        assert json.loads(copied.read_text()) == json.loads(source.read_text())
+    datasource = (tmp_path / "datasources" / "surveillance.yaml").read_text()
+    assert "uid: surveillance-pg" in datasource
+    assert "url: db.example:5433" in datasource
+    assert f"user: {ROLE}" in datasource
+    assert "$SURVEILLANCE_GRAFANA_DB_PASSWORD" in datasource  # no secret in the file
+
+
+class _FakeGrafana(BaseHTTPRequestHandler):
+    """Records requests; answers like Grafana's HTTP API for the calls push() makes.
+
+    No Grafana server can be installed here; this checks what we send, not what
+    Grafana does with it.
+    """
+
+    requests: ClassVar[list[tuple[str, str, Any]]] = []
+    annotations: ClassVar[list[dict[str, Any]]] = []
+
+    def log_message(self, *args: Any) -> None:  # keep the test output quiet
+        pass
+
+    def _reply(self, body: Any, status: int = 200) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self.requests.append(("GET", self.path, self.headers.get("Authorization")))
+        if self.path.startswith("/api/folders"):
+            self._reply([])
+        elif self.path.startswith("/api/annotations"):
+            tag = self.path.split("tags=")[-1].split("&")[0]
+            self._reply([a for a in self.annotations if tag in a["tags"]])
+        else:
+            self._reply({"message": "not found"}, 404)
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append(("POST", self.path, body))
+        if self.path == "/api/folders":
+            self._reply({"uid": body["uid"], "title": body["title"], "id": 1})
+        elif self.path == "/api/dashboards/db":
+            self._reply({"id": 7, "uid": body["dashboard"]["uid"], "status": "success"})
+        elif self.path == "/api/annotations":
+            self.annotations.append(body)
+            self._reply({"id": len(self.annotations), "message": "Annotation added"})
+        else:
+            self._reply({"message": "not found"}, 404)
+
+
+@pytest.mark.postgres
+def test_push_uploads_dashboards_and_annotates_drift_once(report_demo_clone: str) -> None:  # noqa: F811
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeGrafana)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    store = Store.open(report_demo_clone)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        first = push(url, "t0ken", store=store)
+        second = push(url, "t0ken", store=store)
+    finally:
+        store.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert set(first.dashboards) == set(EXPECTED)
+    drift_incidents = [i for i in _incident_kinds(report_demo_clone) if i == "drift"]
+    assert first.annotations == len(drift_incidents) >= 1
+    assert second.annotations == 0  # already there: not duplicated
+    uploads = [b for method, path, b in _FakeGrafana.requests if path == "/api/dashboards/db"]
+    assert all(b["overwrite"] and b["folderUid"] == "surveillance" for b in uploads)
+    assert all(b["dashboard"]["id"] is None for b in uploads)
+    note = _FakeGrafana.annotations[0]
+    assert note["dashboardUID"] == "surveillance-drift" and "drift" in note["tags"]
+    auth = {b for method, _, b in _FakeGrafana.requests if method == "GET"}
+    assert auth == {"Bearer t0ken"}
+
+
+def _incident_kinds(url: str) -> list[str]:
+    store = Store.open(url)
+    try:
+        return [i.signal_kind for i in store.incidents()]
+    finally:
+        store.close()
