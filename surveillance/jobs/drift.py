@@ -7,7 +7,14 @@ Signals tested (per finding for scores, once per model for metadata):
   spacing, slice thickness) with a Bonferroni correction;
 * ``metadata:<field>``: chi-squared on categorical header fields (software
   version, kernel, view position, sex, age band), and ``metadata:scanner`` for
-  strata that contain several scanners.
+  strata that contain several scanners;
+* ``embedding:<extractor>``: MMD permutation test on the stored image
+  embeddings (``conv-ae``, ``torchscript``, ...) and on the model's own BBSD
+  score vector (``embedding:bbsd:<model>``) of the studies in the reference and
+  the window, per stratum (overall, site, scanner). A study's time is its first
+  prediction by the model. At most :data:`EMBEDDING_MAX_SAMPLES` vectors per
+  side are tested (a seeded subsample above that); the test uses
+  :data:`EMBEDDING_PERMUTATIONS` permutations.
 
 The reference is the first ``reference_days`` of deployment, frozen as a
 reference-set row the first time the job runs. A stratum with fewer than
@@ -23,14 +30,20 @@ from typing import Any
 
 import numpy as np
 
-from detectors import Chi2Detector, InsufficientDataError, KSDetector
+from detectors import Chi2Detector, InsufficientDataError, KSDetector, MMDDetector
 from detectors.base import Detector
 from surveillance.config import DriftConfig
+from surveillance.embeddings.backbones import bbsd_name
 from surveillance.jobs.windows import Window, floor_day, forward_windows
 from surveillance.store import CaseTable, DriftCheck, ModelInfo, Store
+from surveillance.store.embedding_store import model_embeddings
 from surveillance.store.repository import CATEGORICAL_FIELDS, NUMERIC_FIELDS
 
 REFERENCE_SET_NAME = "initial-deployment"
+#: Permutations of the embedding MMD test (smallest p-value 1/501).
+EMBEDDING_PERMUTATIONS = 500
+#: Largest reference or window sample of embeddings per test (seeded subsample).
+EMBEDDING_MAX_SAMPLES = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +72,13 @@ def _signals(
 
 
 def _detector(signal: Signal, settings: DriftConfig) -> Detector:
+    if signal.detector == "mmd":
+        return MMDDetector(
+            alpha=settings.alpha,
+            n_permutations=EMBEDDING_PERMUTATIONS,
+            seed=0,
+            min_samples=settings.min_samples,
+        )
     if signal.detector == "ks":
         return KSDetector(
             alpha=settings.alpha,
@@ -144,7 +164,69 @@ def run_drift(
                                 "window_end": window.end,
                             }
                         )
+    rows += _embedding_rows(
+        store, model, settings, reference_set_id, Window(ref_start, ref_end), windows
+    )
     return store.save_drift_checks(rows, job_run_id=job_run_id, actor="drift-job")
+
+
+def _cap(mask: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """``mask`` with at most ``limit`` True entries (a seeded random subset)."""
+    chosen = np.flatnonzero(mask)
+    if chosen.size <= limit:
+        return mask
+    keep = np.random.default_rng(seed).choice(chosen, size=limit, replace=False)
+    capped = np.zeros_like(mask)
+    capped[keep] = True
+    return capped
+
+
+def _embedding_rows(
+    store: Store,
+    model: ModelInfo,
+    settings: DriftConfig,
+    reference_set_id: int,
+    reference: Window,
+    windows: list[Window],
+) -> list[dict[str, Any]]:
+    """MMD rows for every stored extractor (other models' BBSD vectors excluded)."""
+    own_bbsd = bbsd_name(model.name)
+    rows: list[dict[str, Any]] = []
+    for emb in model_embeddings(store, model.id, reference.start, windows[-1].end):
+        if emb.extractor.startswith("bbsd:") and emb.extractor != own_bbsd:
+            continue
+        signal = Signal(f"embedding:{emb.extractor}", "mmd", emb.vectors)
+        in_reference = reference.mask(emb.at)
+        for w_index, window in enumerate(windows):
+            in_window = window.mask(emb.at)
+            for stratum_kind in settings.strata:
+                strata = emb.stratum(stratum_kind)
+                for s_index, value in enumerate(sorted(set(strata[in_window]))):
+                    member = strata == value
+                    seed = 7919 * w_index + s_index
+                    test = _test(
+                        signal,
+                        _cap(in_reference & member, EMBEDDING_MAX_SAMPLES, seed),
+                        _cap(in_window & member, EMBEDDING_MAX_SAMPLES, seed + 1),
+                        settings,
+                    )
+                    test["details"] = {
+                        **test["details"],
+                        "extractor": emb.extractor,
+                        "extractor_version": emb.version,
+                    }
+                    rows.append(
+                        {
+                            **test,
+                            "model_id": model.id,
+                            "reference_set_id": reference_set_id,
+                            "stratum_kind": stratum_kind,
+                            "stratum_value": str(value),
+                            "window_start": window.start,
+                            "window_end": window.end,
+                        }
+                    )
+    return rows
 
 
 __all__ = ["REFERENCE_SET_NAME", "run_drift"]
