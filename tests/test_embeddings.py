@@ -9,6 +9,7 @@ import uuid
 import warnings
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -398,3 +399,25 @@ def test_cli_embed_run_and_benchmarks(
     code, out, err = _main(["bench", "embed", "--images", "6", "--workers", "0", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["failed"] == 0
+
+
+def test_scheduled_embedding_job_uses_the_configured_backbone(
+    store: Store,  # noqa: F811
+    spool_dir: Path,  # noqa: F811
+    settings: Any,  # noqa: F811
+) -> None:
+    from surveillance.jobs.embed import run_embedding_job
+
+    files = real_image_files(spool_dir, 2, np.random.default_rng(3))
+    spool_files(store, [(f"study-{i}".ljust(64, "0"), p) for i, p in enumerate(files)])
+    configured = settings.model_copy(
+        update={
+            "embedding": settings.embedding.model_copy(update={"decode_workers": 0}),
+            "dicom": settings.dicom.model_copy(update={"spool_dir": spool_dir}),
+        }
+    )
+    result = run_embedding_job(store, configured, as_of=utcnow())
+    assert (result["embedded"], result["failed"]) == (2, 0)
+    with store.sessions.scope() as s:
+        extractors = s.execute(select(EmbeddingRow.extractor)).scalars().all()
+    assert extractors == ["conv-ae", "conv-ae"]

@@ -28,12 +28,13 @@ import re
 import socket
 import uuid
 from dataclasses import dataclass, fields
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from surveillance.embeddings.backbones import BBSDBackbone
+from surveillance.config import Settings
+from surveillance.embeddings.backbones import BBSDBackbone, create_backbone
 from surveillance.embeddings.extractor import ExtractionError, Extractor, FileResult
 from surveillance.errors import UsageError
 from surveillance.store import ModelInfo, Store
@@ -222,6 +223,25 @@ def run_bbsd(store: Store, models: list[ModelInfo], *, batch: int = 5000) -> int
     return new
 
 
+def run_embedding_job(store: Store, settings: Settings, *, as_of: datetime) -> dict[str, int]:
+    """The scheduled job: drain the spool with the configured backbone, then BBSD.
+
+    ``as_of`` is accepted for the scheduler's uniform job signature; the spool is
+    drained whatever its time.
+    """
+    del as_of
+    config = settings.embedding
+    extractor = Extractor(
+        create_backbone(config.extractor),
+        device=config.device,
+        batch_size=config.batch_size,
+        num_workers=config.decode_workers,
+    )
+    report = run_embed(store, extractor, settings.dicom.spool_dir)
+    bbsd = run_bbsd(store, store.models())
+    return {"embedded": report.embedded, "failed": report.failed, "bbsd": bbsd}
+
+
 __all__ = [
     "DEFAULT_CLAIM_BATCH",
     "DEFAULT_CLAIM_TIMEOUT",
@@ -229,5 +249,6 @@ __all__ = [
     "default_worker_id",
     "run_bbsd",
     "run_embed",
+    "run_embedding_job",
     "spool_path",
 ]
