@@ -4,19 +4,32 @@ Every insert is ``ON CONFLICT DO NOTHING`` on the record's natural key
 (message id + finding, study UID pseudonym, dead-letter position), so a
 redelivered batch never duplicates a row. Consumer offsets are upserted in the
 same transaction as the rows they cover.
+
+On PostgreSQL the high-volume tables avoid SQLAlchemy's multi-row INSERT
+(building a 2,000-row statement costs more than PostgreSQL takes to run it):
+study skeletons go through a binary COPY into a session temporary table and
+one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``; predictions and
+diagnoses, which are new unless redelivered, are COPYed straight into their
+table inside a savepoint and take that conflict-tolerant path only when the
+COPY hits a duplicate. Same semantics as on SQLite, several times faster.
+Rows are written in key order so that concurrent consumers inserting
+overlapping keys do not deadlock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from surveillance.errors import IntegrityViolation, StoreConnectionError, StoreError
 from surveillance.store.domain import (
     DeadLetterRecord,
     DiagnosisRecord,
@@ -51,6 +64,107 @@ def _insert(session: Session, table: Any) -> Any:
 def _chunks(rows: Sequence[dict[str, Any]]) -> Iterable[Sequence[dict[str, Any]]]:
     for start in range(0, len(rows), CHUNK):
         yield rows[start : start + CHUNK]
+
+
+def _is_postgres(session: Session) -> bool:
+    return bool(session.get_bind().dialect.name == "postgresql")
+
+
+@contextmanager
+def _driver_errors() -> Iterator[None]:
+    """Map psycopg errors raised on the raw connection like ``SessionFactory.scope`` does."""
+    try:
+        yield
+    except psycopg.IntegrityError as exc:
+        raise IntegrityViolation(f"database constraint violated: {exc}") from exc
+    except psycopg.OperationalError as exc:
+        raise StoreConnectionError(f"database unavailable: {exc}") from exc
+    except psycopg.Error as exc:
+        raise StoreError(f"database error: {exc}") from exc
+
+
+def _pg_copy_insert(
+    session: Session,
+    table: str,
+    columns: Sequence[tuple[str, str]],
+    rows: Iterable[Sequence[Any]],
+    order_by: str,
+) -> int:
+    """COPY ``rows`` into a temp table shaped like ``table``, then insert the new ones.
+
+    ``columns`` are (name, PostgreSQL type) pairs: binary COPY needs the types
+    and is about five times cheaper to encode than text. The temp table lives
+    as long as the pooled connection and is emptied at every commit (``ON
+    COMMIT DELETE ROWS``), so it costs one catalog lookup per batch. Runs in
+    the session's transaction; returns how many rows were inserted
+    (conflicting rows are skipped).
+    """
+    conn = session.connection().connection.driver_connection
+    assert isinstance(conn, psycopg.Connection)
+    temp = f"_ingest_{table}"
+    cols = ", ".join(name for name, _ in columns)
+    with _driver_errors(), conn.cursor() as cur:
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DELETE ROWS AS "
+            f"SELECT {cols} FROM {table} WITH NO DATA"
+        )
+        cur.execute(f"DELETE FROM {temp}")  # in case of an earlier batch in this transaction
+        with cur.copy(f"COPY {temp} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([pg_type for _, pg_type in columns])
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(
+            f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {temp} ORDER BY {order_by} "
+            "ON CONFLICT DO NOTHING"
+        )
+        return max(cur.rowcount, 0)
+
+
+def _pg_copy_new_rows(
+    session: Session,
+    table: str,
+    columns: Sequence[tuple[str, str]],
+    rows: list[tuple[Any, ...]],
+    order_by: str,
+) -> int:
+    """Insert ``rows`` that are normally all new (message ids); returns rows inserted.
+
+    Optimistic: a binary COPY straight into ``table`` inside a savepoint, the
+    cheapest way into an indexed table. A redelivered row makes the COPY fail
+    with a unique violation; then the savepoint is rolled back and the batch
+    goes through :func:`_pg_copy_insert` (``ON CONFLICT DO NOTHING``). Rows are
+    sorted by their key first, so concurrent writers take index locks in the
+    same order.
+    """
+    rows.sort(key=lambda row: row[:2])
+    conn = session.connection().connection.driver_connection
+    assert isinstance(conn, psycopg.Connection)
+    cols = ", ".join(name for name, _ in columns)
+    with _driver_errors(), conn.cursor() as cur:
+        cur.execute("SAVEPOINT ingest_copy")
+        try:
+            with cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types([pg_type for _, pg_type in columns])
+                for row in rows:
+                    copy.write_row(row)
+        except psycopg.errors.UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT ingest_copy")
+        else:
+            cur.execute("RELEASE SAVEPOINT ingest_copy")
+            return len(rows)
+    return _pg_copy_insert(session, table, columns, rows, order_by)
+
+
+def _pg_study_ids(session: Session) -> dict[str, int]:
+    """Ids of the studies just staged by ``_pg_copy_insert`` (new or already stored)."""
+    conn = session.connection().connection.driver_connection
+    assert isinstance(conn, psycopg.Connection)
+    with _driver_errors(), conn.cursor() as cur:
+        cur.execute(
+            "SELECT s.uid_pseudonym, s.id FROM study s "
+            "JOIN _ingest_study t ON t.uid_pseudonym = s.uid_pseudonym"
+        )
+        return {uid: study_id for uid, study_id in cur}
 
 
 def site_label(pseudonym: str) -> str:
@@ -112,6 +226,20 @@ def _ensure_studies(session: Session, first_seen: dict[str, datetime]) -> dict[s
     if not first_seen:
         return {}
     now = utcnow()
+    if _is_postgres(session):
+        _pg_copy_insert(
+            session,
+            "study",
+            (
+                ("uid_pseudonym", "text"),
+                ("studied_at", "timestamptz"),
+                ("received_at", "timestamptz"),
+                ("has_metadata", "bool"),
+            ),
+            ((uid, at, now, False) for uid, at in first_seen.items()),
+            order_by="uid_pseudonym",
+        )
+        return _pg_study_ids(session)
     rows = [
         {"uid_pseudonym": uid, "studied_at": at, "received_at": now, "has_metadata": False}
         for uid, at in first_seen.items()
@@ -199,6 +327,35 @@ def _write_predictions(
     session: Session, records: list[PredictionRecord], studies: dict[str, int]
 ) -> int:
     now = utcnow()
+    if _is_postgres(session) and records:
+        return _pg_copy_new_rows(
+            session,
+            "prediction",
+            (
+                ("message_id", "text"),
+                ("model_id", "int8"),
+                ("model_version", "text"),
+                ("study_id", "int8"),
+                ("finding", "text"),
+                ("score", "float8"),
+                ("predicted_at", "timestamptz"),
+                ("ingested_at", "timestamptz"),
+            ),
+            [
+                (
+                    r.message_id,
+                    r.model_id,
+                    r.model_version,
+                    studies[r.study_uid_pseudonym],
+                    r.finding,
+                    r.score,
+                    r.predicted_at,
+                    now,
+                )
+                for r in records
+            ],
+            order_by="message_id, finding",
+        )
     rows = [
         {
             "message_id": r.message_id,
@@ -219,6 +376,33 @@ def _write_diagnoses(
     session: Session, records: list[DiagnosisRecord], studies: dict[str, int]
 ) -> int:
     now = utcnow()
+    if _is_postgres(session) and records:
+        return _pg_copy_new_rows(
+            session,
+            "diagnosis",
+            (
+                ("message_id", "text"),
+                ("study_id", "int8"),
+                ("finding", "text"),
+                ("present", "bool"),
+                ("source", "text"),
+                ("confirmed_at", "timestamptz"),
+                ("ingested_at", "timestamptz"),
+            ),
+            [
+                (
+                    r.message_id,
+                    studies[r.study_uid_pseudonym],
+                    r.finding,
+                    r.present,
+                    r.source,
+                    r.confirmed_at,
+                    now,
+                )
+                for r in records
+            ],
+            order_by="message_id",
+        )
     rows = [
         {
             "message_id": r.message_id,
