@@ -55,7 +55,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/ensure_postgres.sh
 	bash scripts/ensure_dcmtk.sh
-	SURVEILLANCE_REQUIRE_PG=1 $(PY) -m pytest $(PYTEST_ARGS)
+	SURVEILLANCE_REQUIRE_PG=1 SURVEILLANCE_REQUIRE_KAFKA=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)

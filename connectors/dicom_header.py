@@ -10,6 +10,7 @@ to derive an age band, and are never copied into the event.
 from __future__ import annotations
 
 import json
+import warnings
 from datetime import date
 from typing import Any
 
@@ -52,6 +53,19 @@ _WANTED_TAGS = frozenset(
     for kw in (*ALLOWED_KEYWORDS, *IDENTIFIER_KEYWORDS, *DERIVATION_KEYWORDS)
 )
 
+#: Longest value kept per text field (the widths of the study/device columns).
+#: Multi-valued strings joined with "\\" have no bound of their own: Philips
+#: SoftwareVersions often pass 200 characters.
+TEXT_WIDTHS: dict[str, int] = {
+    "Modality": 16,
+    "Manufacturer": 128,
+    "ManufacturerModelName": 128,
+    "SoftwareVersions": 128,
+    "ConvolutionKernel": 64,
+    "BodyPartExamined": 64,
+    "ViewPosition": 16,
+}
+
 AGE_BAND_WIDTH = 10
 AGE_BAND_TOP = 90  # everything from 90 up is one band, as in HIPAA Safe Harbor
 
@@ -70,7 +84,7 @@ def _age_years_from_as(value: str) -> int:
     """Parse a DICOM Age String ("045Y", "006M", "012W", "003D")."""
     value = value.strip()
     if len(value) != 4 or not value[:3].isdigit() or value[3] not in "DWMY":
-        raise InvalidRecord(f"PatientAge {value!r} is not a DICOM age string like '045Y'")
+        raise InvalidRecord("PatientAge is not a DICOM age string like '045Y'")
     number, unit = int(value[:3]), value[3]
     return {"Y": number, "M": number // 12, "W": number // 52, "D": number // 365}[unit]
 
@@ -80,11 +94,12 @@ def _parse_da(value: Any, keyword: str) -> date | None:
     if not text:
         return None
     if len(text) != 8 or not text.isdigit():
-        raise InvalidRecord(f"{keyword} {text!r} is not a DICOM date YYYYMMDD")
+        # The value itself is not echoed: a birth date must never reach a dead letter.
+        raise InvalidRecord(f"{keyword} is not a DICOM date YYYYMMDD")
     try:
         return date(int(text[:4]), int(text[4:6]), int(text[6:]))
     except ValueError as exc:
-        raise InvalidRecord(f"{keyword} {text!r} is not a valid date") from exc
+        raise InvalidRecord(f"{keyword} is not a valid date") from exc
 
 
 def _text(ds: Dataset, keyword: str) -> str | None:
@@ -92,9 +107,11 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     if value is None or value == "":
         return None
     if isinstance(value, MultiValue | list | tuple):
-        joined = "\\".join(str(v) for v in value)
-        return joined or None
-    return str(value).strip() or None
+        text = "\\".join(str(v) for v in value)
+    else:
+        text = str(value).strip()
+    width = TEXT_WIDTHS.get(keyword)
+    return (text[:width] if width else text) or None
 
 
 def _number(ds: Dataset, keyword: str) -> float | None:
@@ -180,7 +197,11 @@ def metadata_from_dicom_json(
         raise InvalidRecord("a dicom-metadata record must be a JSON object in the DICOM JSON model")
     wanted = {k: v for k, v in obj.items() if isinstance(k, str) and k.upper() in _WANTED_TAGS}
     try:
-        ds = Dataset.from_json(wanted)
+        with warnings.catch_warnings():
+            # pydicom warns about values it finds invalid (a bad date); we validate
+            # the fields we use ourselves and dead-letter with a clear reason.
+            warnings.simplefilter("ignore", UserWarning)
+            ds = Dataset.from_json(wanted)
     except Exception as exc:  # pydicom raises many types for malformed JSON models
         raise InvalidRecord(f"not a valid DICOM JSON model header: {exc}") from exc
     return metadata_from_dataset(ds, position)

@@ -10,10 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from rich.console import Console
@@ -234,14 +233,18 @@ def ingest(app: AppContext, paths: tuple[Path, ...]) -> None:
             files.append(path)
         else:
             others.append(path)
-    ingestor = Ingestor(app.store(), app.pseudonymizer())
+    store = app.store() if files else None
+    ingestor = Ingestor(store, app.pseudonymizer()) if store else None
     for file in files:
+        assert ingestor is not None
         c = ingestor.ingest_jsonl(file)
         click.echo(
             f"{file}: {c.predictions_new} prediction rows new ({c.predictions_duplicate} "
             f"already stored), {c.metadata} headers, {c.diagnoses_new} diagnoses new "
             f"({c.diagnoses_duplicate} already stored), {c.dead_letters} dead letter(s)"
         )
+    if store is not None:
+        store.close()
     if others:
         from surveillance.dicom_ingest import ingest_dicom_paths
 
@@ -512,19 +515,16 @@ def run(app: AppContext, once: bool) -> None:
         )
         store.close()
         return
-    # The lead plugs the Kafka consumer and DICOM receiver services in here.
-    services = [SchedulerService(store, jobs, context)]
+    from surveillance.services import daemon_services
+
+    services = [
+        *daemon_services(store, settings, app.pseudonymizer()),
+        SchedulerService(store, jobs, context),
+    ]
     click.echo(f"surveillance daemon on {url}: " + "; ".join(f"{j.id} {j.schedule}" for j in jobs))
     reason = Daemon(services).run()
     click.echo(f"surveillance daemon stopped ({reason})")
     store.close()
-
-
-def _not_yet(name: str, issue: str) -> Callable[..., NoReturn]:
-    def command(**_: Any) -> NoReturn:
-        raise click.ClickException(f"'{name}' is not available in this version yet ({issue})")
-
-    return command
 
 
 def _register_areas() -> None:
@@ -547,27 +547,6 @@ def group(name: str, help_text: str) -> click.Group:
 
 
 _register_areas()
-
-for _group, _name, _issue in [
-    ("report", "pms", "PMS reports: see the reports issue"),
-    ("export", "article72", "Article 72 export: see the reports issue"),
-    ("dashboards", "export", "Grafana dashboards: see the dashboards issue"),
-    ("dashboards", "push", "Grafana dashboards: see the dashboards issue"),
-    ("bench", "ingest", "see the connectors issue"),
-    ("bench", "drift", "see the detectors issue"),
-    ("bench", "embed", "see the detectors issue"),
-    ("deadletters", "replay", "see the connectors issue"),
-]:
-    target = group(_group, f"{_group} (being built)")
-    if _name not in target.commands:
-        target.add_command(
-            click.Command(
-                _name,
-                callback=_not_yet(f"{_group} {_name}", _issue),
-                help=f"Not available yet ({_issue}).",
-                context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-            )
-        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import signal
-import ssl
 import subprocess
 import tempfile
 import threading
@@ -24,7 +23,7 @@ from typing import Any
 import click
 
 from surveillance.cli import AppContext, group, pass_app, print_json
-from surveillance.errors import ConfigError, SurveillanceError, UsageError
+from surveillance.errors import SurveillanceError, UsageError
 
 LOG = logging.getLogger("surveillance.dicom")
 MIB = 1024 * 1024
@@ -74,9 +73,8 @@ def register(cli: click.Group) -> None:
 @click.option(
     "--max-mb",
     type=click.IntRange(1, 1 << 20),
-    default=512,
-    show_default=True,
-    help="Largest instance accepted, in MiB.",
+    default=None,
+    help="Largest instance accepted, in MiB (default: [dicom] max_file_bytes, 512 MiB).",
 )
 @click.option(
     "--sweep-after",
@@ -95,12 +93,13 @@ def receive(
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
-    max_mb: int,
+    max_mb: int | None,
     sweep_after: float,
 ) -> None:
     """Run the DICOM C-STORE receiver in the foreground until SIGTERM/SIGINT."""
-    from connectors.dicom_scp import StorageReceiver, server_ssl_context
+    from connectors.dicom_scp import StorageReceiver
     from surveillance.dicom_ingest import DropFolderWatcher, intake_for, sweep_spool
+    from surveillance.services import dicom_ssl_context
 
     _configure_logging()
     config = app.settings.dicom
@@ -108,13 +107,13 @@ def receive(
         raise UsageError("--tls-cert and --tls-key go together; give both or neither")
     if tls_ca is not None and tls_cert is None:
         raise UsageError("--tls-ca needs --tls-cert and --tls-key")
-    context = None
-    if tls_cert is not None and tls_key is not None:
-        try:
-            context = server_ssl_context(tls_cert, tls_key, tls_ca)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot load the TLS certificate, key or CA file: {exc}") from exc
-    intake = intake_for(app, max_bytes=max_mb * MIB)
+    if tls_cert is None and tls_key is None:  # flags override [dicom] as a pair
+        tls_cert, tls_key = config.tls_certificate, config.tls_private_key
+        tls_ca = tls_ca or config.tls_ca_certificate
+    context = dicom_ssl_context(tls_cert, tls_key, tls_ca)
+    allowed = allowed or tuple(config.allowed_calling_aets)
+    max_bytes = config.max_file_bytes if max_mb is None else max_mb * MIB
+    intake = intake_for(app, max_bytes=max_bytes)
     swept = sweep_spool(intake.store, intake.spool_dir, older_than_s=sweep_after)
     try:
         receiver = StorageReceiver(
@@ -124,7 +123,7 @@ def receive(
             port=config.port if port is None else port,
             allowed_calling_aets=list(allowed) or None,
             ssl_context=context,
-            max_bytes=max_mb * MIB,
+            max_bytes=max_bytes,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
@@ -141,7 +140,7 @@ def receive(
         except OSError as exc:
             raise UsageError(f"{exc.strerror or exc}; choose another --port") from exc
         if config.drop_folder is not None:
-            watcher = DropFolderWatcher(intake, config.drop_folder)
+            watcher = DropFolderWatcher(intake, config.drop_folder, config.drop_folder_poll_seconds)
             watcher.start()
         click.echo(
             f"receiving as {receiver.ae_title} on {host}:{receiver.port}"

@@ -125,6 +125,12 @@ class KafkaConfig(_Strict):
     diagnoses_topic: str = "imaging.diagnoses"
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
     poll_timeout_ms: Annotated[int, Field(ge=10, le=60_000)] = 500
+    writers: Annotated[int, Field(ge=1, le=16)] = 2
+    session_timeout_ms: Annotated[int, Field(ge=1000)] = 10_000
+    heartbeat_interval_ms: Annotated[int, Field(ge=100)] = 3_000
+    check_crcs: bool = Field(
+        default=False, description="Verify record CRCs (slow in pure Python; as librdkafka)"
+    )
 
 
 class DicomConfig(_Strict):

@@ -25,7 +25,6 @@ reason, SHA-256 and size only: the bytes of a DICOM file are never stored).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -49,7 +48,7 @@ from connectors.dicom_files import (
 )
 from connectors.dicom_header import metadata_from_dataset
 from connectors.dicom_scp import IntakeResult, IntakeUnavailable, Outcome
-from connectors.events import DicomMetadataEvent, SourcePosition
+from connectors.events import SourcePosition
 from surveillance.errors import InvalidRecord, StoreError, UsageError
 from surveillance.ingest import Ingestor, RawRecord
 from surveillance.store import IngestBatch, Store
@@ -75,29 +74,6 @@ def _fsync_dir(folder: Path) -> None:
 def looks_like_dicom(data: bytes) -> bool:
     """True if ``data`` has the DICOM Part 10 preamble (``DICM`` at offset 128)."""
     return len(data) >= 132 and data[128:132] == b"DICM"
-
-
-#: Widths of the study/device text columns. Multi-valued DICOM strings joined with
-#: "\\" have no upper bound (Philips SoftwareVersions often pass 200 characters).
-#: Stop-gap until ``connectors.dicom_header`` caps them for every source.
-_COLUMN_WIDTHS = {
-    "modality": 16,
-    "manufacturer": 128,
-    "manufacturer_model_name": 128,
-    "software_versions": 128,
-    "convolution_kernel": 64,
-    "body_part_examined": 64,
-    "view_position": 16,
-}
-
-
-def _fit_columns(event: DicomMetadataEvent) -> DicomMetadataEvent:
-    changes: dict[str, Any] = {
-        name: value[:width]
-        for name, width in _COLUMN_WIDTHS.items()
-        if isinstance(value := getattr(event, name), str) and len(value) > width
-    }
-    return dataclasses.replace(event, **changes) if changes else event
 
 
 class DicomIntake:
@@ -186,7 +162,7 @@ class DicomIntake:
     def _records(
         self, header: Dataset, position: SourcePosition
     ) -> tuple[IngestBatch, tuple[str, str, str | None]]:
-        event = _fit_columns(metadata_from_dataset(header, position))
+        event = metadata_from_dataset(header, position)
         sop_uid = str(header.get("SOPInstanceUID", "") or "").strip()
         if not sop_uid:
             sop_uid = str(header.file_meta.get("MediaStorageSOPInstanceUID", "") or "").strip()

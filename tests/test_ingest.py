@@ -181,3 +181,35 @@ def test_no_identifier_or_name_reaches_the_database(
     with store.sessions.scope() as s:
         age_band = s.scalar(select(StudyRow.age_band))
     assert age_band == "60-69"
+
+
+def test_long_values_fit_and_bad_dates_are_not_echoed(
+    tmp_path: Path, store: Store, ingestor: Ingestor
+) -> None:
+    from pydicom import Dataset
+
+    from connectors.dicom_header import dataset_to_dicom_json
+
+    long_header = Dataset()
+    long_header.StudyInstanceUID = "1.2.3.9"
+    long_header.SoftwareVersions = ["V" * 64, "W" * 64, "X" * 64, "Y" * 50]  # 245 characters
+    bad_date = {  # written as JSON: pydicom itself refuses to build the bad date
+        "kind": "dicom-metadata",
+        "0020000D": {"vr": "UI", "Value": ["1.2.3.10"]},
+        "00080020": {"vr": "DA", "Value": ["20260801"]},
+        "00100030": {"vr": "DA", "Value": ["19610499"]},
+    }
+    lines = [
+        json.dumps({"kind": "dicom-metadata", **dataset_to_dicom_json(long_header)}),
+        json.dumps(bad_date),
+    ]
+    file = tmp_path / "h.jsonl"
+    file.write_text("\n".join(lines) + "\n")
+    counts = ingestor.ingest_jsonl(file)
+    assert (counts.metadata, counts.dead_letters) == (1, 1)
+    with store.sessions.scope() as s:
+        stored = s.scalar(select(StudyRow.software_versions))
+    assert stored is not None and len(stored) == 128 and stored.startswith("V" * 64 + "\\" + "W")
+    (letter,) = store.dead_letters()
+    assert "PatientBirthDate is not a valid date" in letter.reason
+    assert "19610499" not in letter.reason
