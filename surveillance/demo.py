@@ -27,6 +27,7 @@ from surveillance.config import EXAMPLE_CONFIG, AlertChannelConfig, Settings, lo
 from surveillance.demo_artifacts import write_demo_artifacts
 from surveillance.ingest import Ingestor, count_lines
 from surveillance.jobs.checks import run_checks
+from surveillance.jobs.embed import run_bbsd
 from surveillance.jobs.windows import floor_day
 from surveillance.pseudonym import load_pseudonymizer
 from surveillance.store import Store
@@ -151,6 +152,9 @@ def run_demo(*, out: Path, days: int, seed: int, console: Console) -> None:
         counts = Ingestor(store, pseudonymizer).ingest_jsonl(
             events_file, progress=lambda n: progress.advance(task, n)
         )
+        embed = progress.add_task("BBSD embeddings (model outputs)", total=1)
+        run_bbsd(store, store.models())  # the demo has no images; its MMD runs on BBSD vectors
+        progress.advance(embed, 1)
         checks = progress.add_task("drift + performance checks", total=2)
         results = run_checks(
             store,
