@@ -37,3 +37,39 @@ def pseudonymizer() -> Pseudonymizer:
 @pytest.fixture
 def ingestor(store: Store, pseudonymizer: Pseudonymizer) -> Ingestor:
     return Ingestor(store, pseudonymizer, batch_size=50)
+
+
+def open_incident(
+    store: Store,
+    *,
+    stratum: str = "Northgate",
+    signal_kind: str = "drift",
+    signal: str = "drift",
+    severity: str = "medium",
+) -> int:
+    """Open (through the store, as the policy would) one site incident; returns its id."""
+    from surveillance.store import IncidentSignal
+    from surveillance.store.types import utcnow
+    from surveillance.vigilance import VigilanceClass, deadlines
+
+    model = store.model("cxr-pneumothorax")
+    mdr, fda = deadlines(VigilanceClass.ASSESSMENT_PENDING, utcnow())
+    incident, created = store.raise_incident(
+        IncidentSignal(
+            model_id=model.id,
+            signal_kind=signal_kind,
+            signal=signal,
+            stratum_kind="site",
+            stratum_value=stratum,
+            severity=severity,
+            title=f"{signal} at site {stratum}",
+            summary="test",
+            evidence_at=utcnow(),
+            vigilance_class=VigilanceClass.ASSESSMENT_PENDING.value,
+            mdr_deadline_at=mdr,
+            fda_deadline_at=fda,
+        ),
+        actor="test",
+    )
+    assert created, f"an open incident for {signal} at {stratum} already existed"
+    return incident.id

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from fixtures_ops import HttpReceiver, SmtpSink, http_receiver, pg_store, smtp_sink  # noqa: F401
+from fixtures_store import open_incident
 
 from connectors import synthetic
 from surveillance.alerts import RetryPolicy, process_alerts
@@ -32,9 +33,7 @@ from surveillance.scheduler import run_once
 from surveillance.store import Store
 from surveillance.store.alert_store import deliveries, rearm_deliveries
 from surveillance.store.ingest_writer import device_label
-from surveillance.store.repository import IncidentSignal
 from surveillance.store.types import utcnow
-from surveillance.vigilance import VigilanceClass, deadlines
 
 DASHBOARD = "http://grafana.test/d/surveillance"
 
@@ -202,36 +201,13 @@ def test_breach_pages_each_channel_once_and_resolves_once(
     assert store.verify_audit().ok
 
 
-def _bare_incident(store: Store, site: str = "Northgate") -> int:
-    model = store.model("cxr-pneumothorax")
-    mdr, fda = deadlines(VigilanceClass.ASSESSMENT_PENDING, utcnow())
-    incident, _ = store.raise_incident(
-        IncidentSignal(
-            model_id=model.id,
-            signal_kind="drift",
-            signal="drift",
-            stratum_kind="site",
-            stratum_value=site,
-            severity="medium",
-            title=f"Data drift at site {site}",
-            summary="test",
-            evidence_at=utcnow(),
-            vigilance_class=VigilanceClass.ASSESSMENT_PENDING.value,
-            mdr_deadline_at=mdr,
-            fda_deadline_at=fda,
-        ),
-        actor="test",
-    )
-    return incident.id
-
-
 def test_failing_receiver_is_retried_with_backoff_and_logged(
     store: Store,
     settings: Settings,
     http_receiver: HttpReceiver,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    incident_id = _bare_incident(store)
+    incident_id = open_incident(store)
     configured = _with_channels(settings, http_receiver, None).model_copy(
         update={
             "alerts": [
@@ -268,7 +244,7 @@ def test_failing_receiver_is_retried_with_backoff_and_logged(
     )
 
     # a receiver down for good: give up after max_attempts, re-arm by hand, then delivered
-    second = _bare_incident(store, "Southgate")
+    second = open_incident(store, stratum="Southgate")
     http_receiver.fail_next(10, status=500)
     stubborn = RetryPolicy(base_s=1, max_attempts=2)
     t1 = t0 + timedelta(hours=2)
@@ -313,7 +289,7 @@ def test_alert_and_scheduler_commands(
     (test_body,) = http_receiver.at("/hook")
     assert test_body["title"].startswith("Test alert")
 
-    incident_id = _bare_incident(pg_store)
+    incident_id = open_incident(pg_store)
     once = _cli("--config", str(config), "run", "--once", db_url=pg_url, cwd=tmp_path)
     assert once.returncode == 0, once.stderr
     assert "ran drift, performance, alert_retries" in once.stdout

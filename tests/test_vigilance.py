@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 from fixtures_ops import pg_store  # noqa: F401
+from fixtures_store import open_incident
 from scipy.stats import binom
 from sqlalchemy import update
 
 from surveillance.store import Store
 from surveillance.store.models import IncidentRow
-from surveillance.store.repository import IncidentSignal
 from surveillance.store.types import utcnow
 from surveillance.trend import assess_trends, trend_test
 from surveillance.vigilance import VigilanceClass, add_work_days, deadlines
@@ -51,28 +51,14 @@ def test_not_reportable_has_no_deadline() -> None:
     assert deadlines(VigilanceClass.NOT_REPORTABLE, THURSDAY) == (None, None)
 
 
-def _incident(store: Store, stratum: str = "Site A") -> int:
-    model = store.model("cxr-pneumothorax")
-    mdr, fda = deadlines(VigilanceClass.ASSESSMENT_PENDING, utcnow())
-    incident, created = store.raise_incident(
-        IncidentSignal(
-            model_id=model.id,
-            signal_kind="performance",
-            signal="pneumothorax:sensitivity",
-            stratum_kind="site",
-            stratum_value=stratum,
-            severity="high",
-            title=f"Sensitivity below limit at {stratum}",
-            summary="test",
-            evidence_at=utcnow(),
-            vigilance_class=VigilanceClass.ASSESSMENT_PENDING.value,
-            mdr_deadline_at=mdr,
-            fda_deadline_at=fda,
-        ),
-        actor="test",
+def _performance_incident(store: Store, stratum: str) -> int:
+    return open_incident(
+        store,
+        stratum=stratum,
+        signal_kind="performance",
+        signal="pneumothorax:sensitivity",
+        severity="high",
     )
-    assert created
-    return incident.id
 
 
 def _cli(*args: str, db_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -95,7 +81,13 @@ def test_assess_and_investigate_commands_change_deadlines_and_timeline(
     tmp_path: Path,
 ) -> None:
     store = pg_store
-    incident_id = _incident(store)
+    incident_id = open_incident(
+        store,
+        stratum="Site A",
+        signal_kind="performance",
+        signal="pneumothorax:sensitivity",
+        severity="high",
+    )
     aware = store.incident(incident_id).aware_at
 
     serious = _cli(
@@ -161,7 +153,16 @@ def test_trend_test_hand_computed() -> None:
 
 def test_trend_flag_from_stored_non_serious_incidents(store: Store) -> None:
     now = utcnow()
-    ids = [_incident(store, f"Site {n}") for n in range(7)]
+    ids = [
+        open_incident(
+            store,
+            stratum=f"Site {n}",
+            signal_kind="performance",
+            signal="pneumothorax:sensitivity",
+            severity="high",
+        )
+        for n in range(7)
+    ]
     ages = [10, 20, 30, 40, 50, 200, 300]  # days: five in the current quarter, two before
     with store.sessions.scope() as s:
         for incident_id, age in zip(ids, ages, strict=True):
@@ -174,7 +175,9 @@ def test_trend_flag_from_stored_non_serious_incidents(store: Store) -> None:
                     status="closed",
                 )
             )
-    pending = _incident(store, "Site pending")  # not assessed: not counted, reported beside
+    pending = _performance_incident(
+        store, "Site pending"
+    )  # not assessed: not counted, reported beside
     (trend,) = assess_trends(store, now=utcnow())
     assert (trend.result.current, trend.result.baseline) == (5, 2)
     assert trend.result.flagged
