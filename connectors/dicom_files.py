@@ -41,7 +41,8 @@ DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 DEFLATED_TRANSFER_SYNTAXES = frozenset({"1.2.840.10008.1.2.1.99"})
 #: Suffixes the DICOM walker never opens (JSONL goes to the event ingester;
 #: partial files are still being written by someone).
-SKIPPED_SUFFIXES = frozenset({".jsonl", ".part", ".tmp"})
+# Event and diagnosis files that may sit beside DICOM files in a folder.
+SKIPPED_SUFFIXES = frozenset({".jsonl", ".part", ".tmp", ".csv", ".json", ".ndjson"})
 
 
 class NotDicom(Exception):

@@ -218,10 +218,16 @@ def models_list(app: AppContext, as_json: bool) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @pass_app
 def ingest(app: AppContext, paths: tuple[Path, ...]) -> None:
-    """Ingest JSONL event files once (one event per line, with "kind")."""
+    """Ingest once: JSONL event files, CSV/FHIR diagnosis files, DICOM files and folders.
+
+    Folders are searched for JSONL event files and DICOM files; diagnosis files
+    (.csv, FHIR .json/.ndjson) are read when named directly.
+    """
     from surveillance.ingest import Ingestor
+    from surveillance.label_ingest import ingest_label_file, is_label_file
 
     files: list[Path] = []
+    label_files: list[Path] = []
     others: list[Path] = []
     for path in paths:
         if not path.exists():
@@ -231,9 +237,11 @@ def ingest(app: AppContext, paths: tuple[Path, ...]) -> None:
             others.append(path)
         elif path.suffix == ".jsonl":
             files.append(path)
+        elif is_label_file(path):
+            label_files.append(path)
         else:
             others.append(path)
-    store = app.store() if files else None
+    store = app.store() if files or label_files else None
     ingestor = Ingestor(store, app.pseudonymizer()) if store else None
     for file in files:
         assert ingestor is not None
@@ -242,6 +250,13 @@ def ingest(app: AppContext, paths: tuple[Path, ...]) -> None:
             f"{file}: {c.predictions_new} prediction rows new ({c.predictions_duplicate} "
             f"already stored), {c.metadata} headers, {c.diagnoses_new} diagnoses new "
             f"({c.diagnoses_duplicate} already stored), {c.dead_letters} dead letter(s)"
+        )
+    for file in label_files:
+        assert ingestor is not None
+        c = ingest_label_file(ingestor, file)
+        click.echo(
+            f"{file}: {c.diagnoses_new} diagnoses new ({c.diagnoses_duplicate} already "
+            f"stored), {c.dead_letters} dead letter(s)"
         )
     if store is not None:
         store.close()

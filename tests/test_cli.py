@@ -68,6 +68,16 @@ def test_upgrade_load_ingest_check_and_incidents(db_url: str, tmp_path: Path) ->
     letters = json.loads(run("deadletters", "list", "--json").stdout)
     assert len(letters) == 1 and "not valid JSON" in letters[0]["reason"]
 
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "message_id,study_instance_uid,finding,present,source,confirmed_at\n"
+        "dx1,1.2.3,pneumothorax,no,report,2026-08-20T09:00:00+02:00\n"
+        "dx2,1.2.4,pneumothorax,maybe,report,2026-08-20T09:00:00+02:00\n"
+    )
+    labelled = run("ingest", str(labels))
+    assert labelled.returncode == 0, labelled.stderr
+    assert "1 diagnoses new" in labelled.stdout and "1 dead letter" in labelled.stdout
+
     checked = run("check", "--json")
     assert checked.returncode == 0, checked.stderr
     assert json.loads(checked.stdout)[0]["model"] == "cxr-pneumothorax"
