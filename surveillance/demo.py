@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import sys
 import threading
 from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -200,10 +202,18 @@ def run_demo(*, out: Path, days: int, seed: int, console: Console) -> None:
     else:
         console.print(f"[bold red]Not caught:[/] no open incident at scanner {changed}")
     console.print(
-        f"Try: surveillance --db-url {settings.service.db_url} incidents list | "
-        "incidents show ID | deadletters list | audit verify"
+        f"Try: {_command()} --db-url {settings.service.db_url} incidents list "
+        "(or: incidents show ID, deadletters list, audit verify)"
     )
     store.close()
+
+
+def _command() -> str:
+    """How to call the CLI from here: the venv's script when it is not on PATH."""
+    script = Path(sys.executable).with_name("surveillance")
+    if shutil.which("surveillance") or not script.exists():
+        return "surveillance"
+    return str(script)
 
 
 class _AlertReceiver(BaseHTTPRequestHandler):
