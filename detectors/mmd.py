@@ -79,6 +79,26 @@ def _sq_dists(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Ten
     return d
 
 
+def _median_distance(sq: torch.Tensor) -> float:
+    """Lower median of the distinct-pair distances, from a full squared-distance matrix.
+
+    The median is taken on squared distances (the square root is monotonic, so it
+    picks the same pair) and rooted once; a zero median falls back to the median
+    of the non-zero distances.
+    """
+    pairs = torch.ones(sq.shape[0], sq.shape[0], dtype=torch.bool, device=sq.device).triu_(1)
+    values = sq[pairs]
+    if values.numel() == 0:
+        return 1.0
+    med = float(values.median())
+    if med <= 0.0:
+        positive = values[values > 0]
+        if positive.numel() == 0:
+            return 1.0
+        med = float(positive.median())
+    return med**0.5
+
+
 def median_bandwidth(
     z: torch.Tensor, max_points: int = 4096, generator: torch.Generator | None = None
 ) -> float:
@@ -92,20 +112,8 @@ def median_bandwidth(
         idx = torch.randperm(n, generator=generator)[:max_points].to(z.device)
         z = z[idx]
     # One matrix product in z's own dtype (float32 by default) is several times
-    # faster than torch.pdist in float64, and a bandwidth heuristic does not need
-    # more precision; the upper triangle holds each distinct pair once.
-    z_sq = (z * z).sum(dim=1)
-    pairs = torch.ones(z.shape[0], z.shape[0], dtype=torch.bool, device=z.device).triu_(1)
-    dists = _sq_dists(z, z, z_sq)[pairs].sqrt_()
-    if dists.numel() == 0:
-        return 1.0
-    med = float(dists.median())
-    if med <= 0.0:
-        positive = dists[dists > 0]
-        if positive.numel() == 0:
-            return 1.0
-        med = float(positive.median())
-    return med
+    # faster than torch.pdist in float64; a bandwidth heuristic needs no more.
+    return _median_distance(_sq_dists(z, z, (z * z).sum(dim=1)))
 
 
 class MMDDetector(Detector, key="mmd"):
@@ -142,7 +150,9 @@ class MMDDetector(Detector, key="mmd"):
     block_bytes:
         Target size of one kernel row block and one permutation batch.
     median_max_points:
-        Pooled points used for the median-heuristic bandwidth.
+        Pooled points used for the median-heuristic bandwidth (a seeded subset
+        above it: 1024 points give ~520k distances, plenty for a median, at a
+        fraction of the cost of all N²/2).
     """
 
     def __init__(
@@ -157,7 +167,7 @@ class MMDDetector(Detector, key="mmd"):
         min_samples: int = 30,
         max_kernel_bytes: int = 2 * 1024 * _MIB,
         block_bytes: int = 128 * _MIB,
-        median_max_points: int = 4096,
+        median_max_points: int = 1024,
     ) -> None:
         super().__init__(alpha=alpha)
         for name, value, lowest in (
@@ -267,14 +277,28 @@ class MMDDetector(Detector, key="mmd"):
         with torch.no_grad():
             z = torch.cat([self._ref_z, self._project(self._to_tensor(win))], dim=0)
             n, m = ref.shape[0], win.shape[0]
-            bandwidth = median_bandwidth(z, self.median_max_points, self._generator(2))
             weights = torch.cat(
                 [
                     torch.full((n,), 1.0 / n, dtype=torch.float64),
                     torch.full((m,), -1.0 / m, dtype=torch.float64),
                 ]
             )
-            stats = self._statistics(z, bandwidth, weights, self._generator(3))
+            total, itemsize = n + m, torch.finfo(self.dtype).bits // 8
+            kernel: torch.Tensor | None = None
+            if total * total * itemsize <= min(self.max_kernel_bytes, 4 * self.block_bytes):
+                # Small enough: one distance matrix serves the bandwidth and the kernel
+                # (for large samples the blocked path below uses far less memory).
+                sq = _sq_dists(z, z, (z * z).sum(dim=1))
+                if total > self.median_max_points:  # the subset median_bandwidth would draw
+                    idx = torch.randperm(total, generator=self._generator(2))
+                    idx = idx[: self.median_max_points].to(z.device)
+                    bandwidth = _median_distance(sq[idx][:, idx])
+                else:
+                    bandwidth = _median_distance(sq)
+                kernel = sq.mul_(-1.0 / (2.0 * bandwidth * bandwidth)).exp_()
+            else:
+                bandwidth = median_bandwidth(z, self.median_max_points, self._generator(2))
+            stats = self._statistics(z, bandwidth, weights, self._generator(3), kernel)
 
         observed = float(stats[0])
         exceed = int((stats[1:] >= observed).sum())
@@ -302,10 +326,12 @@ class MMDDetector(Detector, key="mmd"):
         bandwidth: float,
         weights: torch.Tensor,
         generator: torch.Generator,
+        kernel: torch.Tensor | None = None,
     ) -> np.ndarray:
         """MMD²_b for the observed labelling (index 0) and ``n_permutations`` relabellings.
 
-        ``weights`` is the observed weight vector (float64, CPU). Permutation ``i``
+        ``weights`` is the observed weight vector (float64, CPU); ``kernel``, when
+        given, is the full kernel matrix already computed. Permutation ``i``
         is the ``i``-th ``torch.randperm`` draw from ``generator``, so the result
         does not depend on how permutations are batched.
         """
@@ -323,9 +349,12 @@ class MMDDetector(Detector, key="mmd"):
             return block.mul_(-gamma).exp_()
 
         n_rows = self.n_permutations + 1
-        kernel: torch.Tensor | None = None
         # Holding K only pays when it is read more than once (several batches).
-        if n_rows > perms_per_batch and total * total * itemsize <= self.max_kernel_bytes:
+        if (
+            kernel is None
+            and n_rows > perms_per_batch
+            and total * total * itemsize <= self.max_kernel_bytes
+        ):
             kernel = torch.empty((total, total), dtype=self.dtype, device=self.device)
             for start in range(0, total, rows_per_block):
                 stop = min(start + rows_per_block, total)

@@ -251,3 +251,22 @@ def test_input_rules() -> None:
 def test_invalid_settings_raise(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         MMDDetector(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "median_max_points",
+    [pytest.param(1024, id="all-points"), pytest.param(150, id="seeded-subset")],
+)
+def test_shared_distance_matrix_matches_the_blocked_path(median_max_points: int) -> None:
+    """Scoring with one shared distance matrix gives what the memory-bounded path gives."""
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=(200, 8))
+    y = rng.normal(loc=0.15, size=(180, 8))
+    shared = MMDDetector(n_permutations=40, median_max_points=median_max_points, seed=3)
+    blocked = MMDDetector(
+        n_permutations=40, median_max_points=median_max_points, seed=3, max_kernel_bytes=0
+    )
+    a, b = shared.fit(x).score(y), blocked.fit(x).score(y)
+    assert a.details["bandwidth"] == pytest.approx(b.details["bandwidth"], rel=1e-5)
+    assert a.statistic == pytest.approx(b.statistic, rel=1e-4)
+    assert a.p_value == b.p_value
