@@ -26,24 +26,22 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 
-from surveillance.store.domain import DriftCheck, Incident, PerformanceCheck
+from surveillance.store.domain import Incident
 from surveillance.store.models import (
     AuditEventRow,
     DeadLetterRow,
     DeviceRow,
     DiagnosisRow,
-    DriftCheckRow,
     IncidentEventRow,
     IncidentRow,
     JobRunRow,
     ModelRow,
-    PerformanceCheckRow,
     PredictionRow,
     ReferenceSetRow,
     SiteRow,
     StudyRow,
 )
-from surveillance.store.repository import NO_METADATA, Store, _drift, _incident, _performance
+from surveillance.store.repository import NO_METADATA, Store, _incident
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,40 +220,6 @@ def weekly_counts(studies: Sequence[StudyInPeriod]) -> list[WeeklyCount]:
     ]
 
 
-def drift_checks_in_period(
-    store: Store, model_id: int, start: datetime, end: datetime
-) -> list[DriftCheck]:
-    stmt = (
-        select(DriftCheckRow, ModelRow.name)
-        .join(ModelRow, ModelRow.id == DriftCheckRow.model_id)
-        .where(
-            DriftCheckRow.model_id == model_id,
-            DriftCheckRow.window_start < end,
-            DriftCheckRow.window_end > start,
-        )
-        .order_by(DriftCheckRow.window_end, DriftCheckRow.id)
-    )
-    with store.sessions.scope() as s:
-        return [_drift(row, name) for row, name in s.execute(stmt)]
-
-
-def performance_checks_in_period(
-    store: Store, model_id: int, start: datetime, end: datetime
-) -> list[PerformanceCheck]:
-    stmt = (
-        select(PerformanceCheckRow, ModelRow.name)
-        .join(ModelRow, ModelRow.id == PerformanceCheckRow.model_id)
-        .where(
-            PerformanceCheckRow.model_id == model_id,
-            PerformanceCheckRow.window_start < end,
-            PerformanceCheckRow.window_end > start,
-        )
-        .order_by(PerformanceCheckRow.window_end, PerformanceCheckRow.id)
-    )
-    with store.sessions.scope() as s:
-        return [_performance(row, name) for row, name in s.execute(stmt)]
-
-
 def incidents_in_period(
     store: Store, model_id: int, start: datetime, end: datetime
 ) -> list[IncidentRecord]:
@@ -377,11 +341,9 @@ __all__ = [
     "WeeklyCount",
     "audit_entries",
     "dead_letter_count",
-    "drift_checks_in_period",
     "incidents_in_period",
     "job_runs_in_period",
     "label_coverage",
-    "performance_checks_in_period",
     "reference_sets",
     "studies_in_period",
     "weekly_counts",

@@ -609,25 +609,35 @@ class Store:
             )
             return result
 
-    def drift_checks(self, model_id: int) -> list[DriftCheck]:
-        with self.sessions.scope() as s:
-            name = s.scalar(select(ModelRow.name).where(ModelRow.id == model_id)) or "?"
-            rows = s.scalars(
-                select(DriftCheckRow)
-                .where(DriftCheckRow.model_id == model_id)
-                .order_by(DriftCheckRow.window_end, DriftCheckRow.id)
-            ).all()
-            return [_drift(r, name) for r in rows]
+    def drift_checks(
+        self, model_id: int, start: datetime | None = None, end: datetime | None = None
+    ) -> list[DriftCheck]:
+        """Drift checks of a model, oldest window first; with a period, those overlapping it."""
+        rows = self._checks(DriftCheckRow, model_id, start, end)
+        return [_drift(r, name) for r, name in rows]
 
-    def performance_checks(self, model_id: int) -> list[PerformanceCheck]:
+    def performance_checks(
+        self, model_id: int, start: datetime | None = None, end: datetime | None = None
+    ) -> list[PerformanceCheck]:
+        """Performance checks of a model; with a period, those whose window overlaps it."""
+        rows = self._checks(PerformanceCheckRow, model_id, start, end)
+        return [_performance(r, name) for r, name in rows]
+
+    def _checks(
+        self, table: Any, model_id: int, start: datetime | None, end: datetime | None
+    ) -> list[tuple[Any, str]]:
+        stmt = (
+            select(table, ModelRow.name)
+            .join(ModelRow, ModelRow.id == table.model_id)
+            .where(table.model_id == model_id)
+            .order_by(table.window_end, table.id)
+        )
+        if end is not None:
+            stmt = stmt.where(table.window_start < end)
+        if start is not None:
+            stmt = stmt.where(table.window_end > start)
         with self.sessions.scope() as s:
-            name = s.scalar(select(ModelRow.name).where(ModelRow.id == model_id)) or "?"
-            rows = s.scalars(
-                select(PerformanceCheckRow)
-                .where(PerformanceCheckRow.model_id == model_id)
-                .order_by(PerformanceCheckRow.window_end, PerformanceCheckRow.id)
-            ).all()
-            return [_performance(r, name) for r in rows]
+            return [(row, name) for row, name in s.execute(stmt)]
 
     # ---- incidents ---------------------------------------------------------------
 
