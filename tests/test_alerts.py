@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_runner import run_cli
 from fixtures_ops import HttpReceiver, SmtpSink, http_receiver, pg_store, smtp_sink  # noqa: F401
 from fixtures_store import open_incident
 
@@ -260,16 +259,7 @@ def test_failing_receiver_is_retried_with_backoff_and_logged(
 
 
 def _cli(*args: str, db_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SURVEILLANCE_")}
-    env["SURVEILLANCE_DB_URL"] = db_url
-    return subprocess.run(
-        [sys.executable, "-m", "surveillance", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-    )
+    return run_cli(*args, cwd=cwd, db_url=db_url)
 
 
 @pytest.mark.postgres

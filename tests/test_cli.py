@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
 from surveillance.config import EXAMPLE_CONFIG
 
 
 def surveillance(*args: str, db_url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SURVEILLANCE_")}
-    env["SURVEILLANCE_DB_URL"] = db_url
-    key = tmp_path / "pseudonym.key"
-    if not key.exists():
-        key.write_text("ab" * 32 + "\n")
-    env["SURVEILLANCE_PSEUDONYM_KEY_FILE"] = str(key)
-    return subprocess.run(
-        [sys.executable, "-m", "surveillance", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
-    )
+    return run_cli(*args, cwd=tmp_path, db_url=db_url, key_hex="ab" * 32)
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:

@@ -10,9 +10,7 @@ outage that the consumer backs off from and recovers without losing a record.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from cli_runner import run_cli
 from fixtures_kafka import GROUP_TIMEOUTS, KafkaBroker, Topics, kafka_broker, kafka_topics  # noqa: F401
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
@@ -137,21 +136,12 @@ def _offsets(store: Store, group: str) -> dict[tuple[str, int], int]:
 def _cli(
     *args: str, db_url: str, tmp_path: Path, bootstrap: str
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SURVEILLANCE_")}
-    key = tmp_path / "pseudonym.key"
-    key.write_text(KEY_HEX + "\n")
-    env.update(
-        SURVEILLANCE_DB_URL=db_url,
-        SURVEILLANCE_PSEUDONYM_KEY_FILE=str(key),
-        SURVEILLANCE_KAFKA_BOOTSTRAP=bootstrap,
-    )
-    return subprocess.run(
-        [sys.executable, "-m", "surveillance", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    return run_cli(
+        *args,
         cwd=tmp_path,
+        db_url=db_url,
+        key_hex=KEY_HEX,
+        env={"SURVEILLANCE_KAFKA_BOOTSTRAP": bootstrap},
     )
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 from fixtures_ops import pg_store  # noqa: F401
 from fixtures_store import open_incident
 from scipy.stats import binom
@@ -62,16 +61,7 @@ def _performance_incident(store: Store, stratum: str) -> int:
 
 
 def _cli(*args: str, db_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SURVEILLANCE_")}
-    env["SURVEILLANCE_DB_URL"] = db_url
-    return subprocess.run(
-        [sys.executable, "-m", "surveillance", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-    )
+    return run_cli(*args, cwd=cwd, db_url=db_url)
 
 
 @pytest.mark.postgres
