@@ -14,7 +14,8 @@ third-party errors are translated at the edge with ``raise ... from exc``::
     ├── GrafanaPushError        Grafana rejected dashboards or annotations
     │                           (defined in dashboards.provisioning)
     └── StoreError              the database failed: exit code 1
-        ├── StoreConnectionError  cannot reach / open the database (exit 2: fix the URL)
+        ├── StoreConnectionError  cannot reach / open the database at start (exit 2: fix the URL)
+        ├── StoreUnavailable      the database went away during work (exit 1: retry later)
         ├── SchemaOutOfDateError  the schema is behind the code (exit 2: run the upgrade)
         └── IntegrityViolation    a constraint was violated
 """
@@ -67,6 +68,10 @@ class StoreConnectionError(StoreError):
     exit_code = 2
 
 
+class StoreUnavailable(StoreError):
+    """The database stopped answering in the middle of the work (a runtime failure)."""
+
+
 class SchemaOutOfDateError(StoreError):
     """The database schema is not at the revision this code needs."""
 
@@ -86,6 +91,7 @@ __all__ = [
     "SchemaOutOfDateError",
     "StoreConnectionError",
     "StoreError",
+    "StoreUnavailable",
     "SurveillanceError",
     "UsageError",
 ]

@@ -22,7 +22,12 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from surveillance.errors import IntegrityViolation, StoreConnectionError, StoreError
+from surveillance.errors import (
+    IntegrityViolation,
+    StoreConnectionError,
+    StoreError,
+    StoreUnavailable,
+)
 
 
 def _redact(url: str) -> str:
@@ -104,7 +109,7 @@ class SessionFactory:
             raise IntegrityViolation(f"database constraint violated: {exc.orig}") from exc
         except OperationalError as exc:
             session.rollback()
-            raise StoreConnectionError(f"database unavailable: {exc.orig}") from exc
+            raise StoreUnavailable(f"database unavailable: {exc.orig}") from exc
         except SQLAlchemyError as exc:
             session.rollback()
             raise StoreError(f"database error: {exc}") from exc

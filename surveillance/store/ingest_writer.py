@@ -29,7 +29,11 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from surveillance.errors import IntegrityViolation, StoreConnectionError, StoreError
+from surveillance.errors import (
+    IntegrityViolation,
+    StoreError,
+    StoreUnavailable,
+)
 from surveillance.store.domain import (
     DeadLetterRecord,
     DiagnosisRecord,
@@ -78,7 +82,7 @@ def _driver_errors() -> Iterator[None]:
     except psycopg.IntegrityError as exc:
         raise IntegrityViolation(f"database constraint violated: {exc}") from exc
     except psycopg.OperationalError as exc:
-        raise StoreConnectionError(f"database unavailable: {exc}") from exc
+        raise StoreUnavailable(f"database unavailable: {exc}") from exc
     except psycopg.Error as exc:
         raise StoreError(f"database error: {exc}") from exc
 

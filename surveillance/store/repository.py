@@ -373,16 +373,21 @@ class Store:
             .where(PredictionRow.model_id == model_id, PredictionRow.finding == finding)
             .order_by(PredictionRow.predicted_at)
         )
+        in_range = [PredictionRow.model_id == model_id, PredictionRow.finding == finding]
         if start is not None:
-            stmt = stmt.where(PredictionRow.predicted_at >= start)
+            in_range.append(PredictionRow.predicted_at >= start)
         if end is not None:
-            stmt = stmt.where(PredictionRow.predicted_at < end)
+            in_range.append(PredictionRow.predicted_at < end)
+        stmt = stmt.where(*in_range)
         with self.sessions.scope() as s:
             rows = s.execute(stmt).all()
             labels: dict[int, tuple[bool, datetime]] = {}
-            dx = s.execute(
+            dx = s.execute(  # only the labels of the studies selected above
                 select(DiagnosisRow.study_id, DiagnosisRow.present, DiagnosisRow.confirmed_at)
-                .where(DiagnosisRow.finding == finding)
+                .where(
+                    DiagnosisRow.finding == finding,
+                    DiagnosisRow.study_id.in_(select(PredictionRow.study_id).where(*in_range)),
+                )
                 .order_by(DiagnosisRow.confirmed_at)
             )
             for study_id, present, confirmed_at in dx:
