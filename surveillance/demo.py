@@ -59,18 +59,27 @@ DEMO_SENSITIVITY_AFTER = 0.50
 
 
 def demo_settings(out: Path) -> Settings:
-    db_url = f"sqlite:///{(out / 'surveillance.db').resolve()}"
-    example = load_settings(EXAMPLE_CONFIG, env={})
-    return load_settings(
+    """The example configuration, pointed at the demo folder, with no external peers.
+
+    Alerts go only to the loopback receiver of :func:`deliver_demo_alerts`; no
+    Kafka broker or DICOM receiver is configured.
+    """
+    settings = load_settings(
         EXAMPLE_CONFIG,
         env={},
         overrides={
             "service.mode": "demo",
-            "service.db_url": db_url,
+            "service.db_url": f"sqlite:///{(out / 'surveillance.db').resolve()}",
             "service.pseudonym_key_file": str(out / "pseudonym.key"),
-            "kafka.bootstrap": None,
         },
-    ).model_copy(update={"alerts": [], "kafka": example.kafka})
+    )
+    return settings.model_copy(
+        update={
+            "alerts": [],
+            "kafka": settings.kafka.model_copy(update={"bootstrap": None}),
+            "dicom": settings.dicom.model_copy(update={"receive": False, "drop_folder": None}),
+        }
+    )
 
 
 def demo_feed(*, days: int, seed: int, start: datetime) -> synthetic.SyntheticConfig:
