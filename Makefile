@@ -60,6 +60,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy $(LINT_PATHS)
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf demo-out .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -5,21 +5,30 @@ JSONL file) is first turned into a pydicom ``Dataset`` and then goes through the
 same :func:`metadata_from_dataset` that the C-STORE receiver and the folder
 ingester use. Patient names, birth dates and free-text attributes are read only
 to derive an age band, and are never copied into the event.
+
+Control characters: a kept value (an allow-listed or identifier attribute) with a
+NUL or another C0 control character is refused ("field 'Manufacturer' contains a
+NUL byte"), never stored. Trailing NUL and space padding is removed first
+(PS3.5 pads UI values with NUL; some devices pad other strings with it too); in
+the DICOM JSON model there is no padding, so any control character in a wanted
+value is refused. Reasons name the attribute, never its value.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from datetime import date
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
 from pydicom.multival import MultiValue
 
-from connectors.events import DicomMetadataEvent, SourcePosition
-from surveillance.errors import InvalidRecord
+from connectors.untrusted import check_text, find_control_characters, shown
+from surveillance.core.errors import InvalidRecord
+from surveillance.core.events import DicomMetadataEvent, SourcePosition
 
 #: Attributes stored as values (device and acquisition fields).
 ALLOWED_KEYWORDS: tuple[str, ...] = (
@@ -102,14 +111,19 @@ def _parse_da(value: Any, keyword: str) -> date | None:
         raise InvalidRecord(f"{keyword} is not a valid date") from exc
 
 
+def _unpadded(value: Any) -> str:
+    return str(value).rstrip("\x00 ").lstrip(" ")
+
+
 def _text(ds: Dataset, keyword: str) -> str | None:
     value = ds.get(keyword)
     if value is None or value == "":
         return None
     if isinstance(value, MultiValue | list | tuple):
-        text = "\\".join(str(v) for v in value)
+        text = "\\".join(_unpadded(v) for v in value)
     else:
-        text = str(value).strip()
+        text = _unpadded(value).strip()
+    check_text(text, keyword)
     width = TEXT_WIDTHS.get(keyword)
     return (text[:width] if width else text) or None
 
@@ -125,9 +139,9 @@ def _number(ds: Dataset, keyword: str) -> float | None:
     try:
         number = float(value)
     except (TypeError, ValueError) as exc:
-        raise InvalidRecord(f"{keyword} {value!r} is not a number") from exc
-    if number != number or number < 0:  # NaN or negative
-        raise InvalidRecord(f"{keyword} {value!r} is out of range (must be >= 0)")
+        raise InvalidRecord(f"{keyword} {shown(value)} is not a number") from exc
+    if not math.isfinite(number) or number < 0:  # NaN, infinite or negative
+        raise InvalidRecord(f"{keyword} {shown(value)} is out of range (must be finite and >= 0)")
     return number
 
 
@@ -140,8 +154,10 @@ def _age_band(ds: Dataset, study_date: date | None) -> str | None:
         born = _parse_da(birth, "PatientBirthDate")
         if born is None:
             return None
-        years = study_date.year - born.year - (
-            (study_date.month, study_date.day) < (born.month, born.day)
+        years = (
+            study_date.year
+            - born.year
+            - ((study_date.month, study_date.day) < (born.month, born.day))
         )
         return age_band(years)
     return None
@@ -150,7 +166,27 @@ def _age_band(ds: Dataset, study_date: date | None) -> str | None:
 def metadata_from_dataset(
     ds: Dataset, position: SourcePosition | None = None
 ) -> DicomMetadataEvent:
-    """The allow-listed, privacy-reduced header of ``ds``."""
+    """The allow-listed, privacy-reduced header of ``ds``.
+
+    Raises only InvalidRecord: pydicom converts values lazily and can raise
+    almost anything on a malformed one, which becomes "malformed value in the
+    DICOM header (<error type>)".
+    """
+    try:
+        with warnings.catch_warnings():
+            # pydicom converts lazily and warns (quoting the value) about invalid
+            # ones; we validate what we use and dead-letter with our own reason.
+            warnings.simplefilter("ignore")
+            return _metadata(ds, position)
+    except (InvalidRecord, MemoryError):
+        raise
+    except RecursionError as exc:
+        raise InvalidRecord("DICOM header nests sequences too deeply") from exc
+    except Exception as exc:  # pydicom converts values lazily, raising anything
+        raise InvalidRecord(f"malformed value in the DICOM header ({type(exc).__name__})") from exc
+
+
+def _metadata(ds: Dataset, position: SourcePosition | None) -> DicomMetadataEvent:
     study_uid = _text(ds, "StudyInstanceUID")
     if not study_uid:
         raise InvalidRecord("DICOM header has no StudyInstanceUID (0020,000D)")
@@ -159,7 +195,7 @@ def metadata_from_dataset(
     if sex is not None:
         sex = sex.upper()
         if sex not in ("M", "F", "O"):
-            raise InvalidRecord(f"PatientSex {sex!r} must be M, F or O")
+            raise InvalidRecord(f"PatientSex {shown(sex)} must be M, F or O")
     return DicomMetadataEvent(
         study_instance_uid=study_uid,
         patient_id=_text(ds, "PatientID"),
@@ -191,20 +227,43 @@ def metadata_from_dicom_json(
 
     Only the attributes we use are handed to pydicom: a real header has hundreds
     of elements (and possibly inline binary data) that we would parse only to
-    throw away.
+    throw away. Raises only InvalidRecord.
     """
     if not isinstance(obj, dict):
         raise InvalidRecord("a dicom-metadata record must be a JSON object in the DICOM JSON model")
     wanted = {k: v for k, v in obj.items() if isinstance(k, str) and k.upper() in _WANTED_TAGS}
-    try:
-        with warnings.catch_warnings():
-            # pydicom warns about values it finds invalid (a bad date); we validate
-            # the fields we use ourselves and dead-letter with a clear reason.
-            warnings.simplefilter("ignore", UserWarning)
+    for key, element in wanted.items():
+        reason = find_control_characters(element, _keyword(key), free_text=False)
+        if reason is not None:
+            raise InvalidRecord(_short_reason(reason, key))
+    with warnings.catch_warnings():
+        # pydicom warns about values it finds invalid (a bad date); we validate
+        # the fields we use ourselves and dead-letter with a clear reason.
+        warnings.simplefilter("ignore")
+        try:
             ds = Dataset.from_json(wanted)
-    except Exception as exc:  # pydicom raises many types for malformed JSON models
-        raise InvalidRecord(f"not a valid DICOM JSON model header: {exc}") from exc
-    return metadata_from_dataset(ds, position)
+        except (MemoryError, RecursionError):
+            raise
+        except Exception as exc:  # pydicom raises many types for malformed JSON models
+            # The message may quote a value (an identifier): name the error type only.
+            raise InvalidRecord(
+                f"not a valid DICOM JSON model header ({type(exc).__name__})"
+            ) from exc
+        return metadata_from_dataset(ds, position)
+
+
+def _keyword(tag: str) -> str:
+    try:
+        return keyword_for_tag(int(tag, 16)) or tag.upper()
+    except ValueError:
+        return tag
+
+
+def _short_reason(reason: str, tag: str) -> str:
+    """``field 'Manufacturer' contains ...`` for any place inside the element."""
+    marker = " contains "
+    _, _, rest = reason.partition(marker)
+    return f"field {_keyword(tag)!r}{marker}{rest}" if rest else reason
 
 
 def dataset_to_dicom_json(ds: Dataset) -> dict[str, Any]:

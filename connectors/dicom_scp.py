@@ -5,17 +5,31 @@ request it hands the encoded instance (DICOM Part 10 bytes: preamble, file
 meta, data set as sent) to an :class:`Intake`, whose ``accept`` spools the file
 (fsynced) and commits the header rows, and maps the outcome to a status:
 
-==========================  ======  =============================================
-outcome                     status  what the sender does
-==========================  ======  =============================================
-stored / already stored     0x0000  done (a re-sent instance is idempotent)
-rejected (dead-lettered)    0xC000  gives up on this instance (malformed, too big)
-intake unavailable          0xA700  *Out of Resources*: retries later
-unexpected error            0xA700  retries later (and we log the traceback)
-==========================  ======  =============================================
+=================================  ======  ======================================
+outcome                            status  what the sender does
+=================================  ======  ======================================
+stored / already stored            0x0000  done (a re-sent instance is idempotent)
+SOP class not accepted             0x0122  *SOP Class not Supported*: gives up
+                                           (nothing spooled, no dead letter)
+rejected (dead-lettered), or the   0xC000  *Cannot Understand*: gives up on this
+intake raised InvalidRecord                instance (malformed, NUL bytes, too big,
+                                           pixel bomb): a permanent failure
+intake unavailable, MemoryError    0xA700  *Out of Resources*: retries later
+unexpected error (a bug)           0x0110  *Processing Failure* (traceback logged)
+=================================  ======  ======================================
 
 So success is answered only once the file is durable and the rows are
-committed; anything that might succeed on a retry answers 0xA700.
+committed. 0xA700 is reserved for transient failures (:class:`IntakeUnavailable`,
+memory): a sender retries it, so answering it for bad content would make the
+sender retry that content forever. The accepted SOP classes default to the
+image storage classes (``connectors.dicom_files.DEFAULT_ACCEPTED_SOP_CLASSES``;
+``accepted_sop_classes=None`` accepts every storage class). Every storage
+class is still negotiated, so a non-image instance gets a clear per-instance
+0x0122 instead of a failed association.
+
+One INFO line per association when its connection closes: the calling AE
+title, the number of C-STORE requests and the count per status (no UID,
+patient or study value is ever logged).
 
 Untrusted peers: an instance larger than ``max_bytes`` is refused twice: the
 association is aborted as soon as its data set fragments pass the limit (so
@@ -34,8 +48,10 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -45,12 +61,20 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from connectors.dicom_files import DEFAULT_MAX_BYTES, DEFLATED_TRANSFER_SYNTAXES
-from connectors.events import SourcePosition
+from connectors.dicom_files import (
+    DEFAULT_ACCEPTED_SOP_CLASSES,
+    DEFAULT_MAX_BYTES,
+    DEFLATED_TRANSFER_SYNTAXES,
+    sop_class_accepted,
+)
+from surveillance.core.errors import InvalidRecord
+from surveillance.core.events import SourcePosition
 
 LOG = logging.getLogger(__name__)
 
 STATUS_SUCCESS = 0x0000
+STATUS_PROCESSING_FAILURE = 0x0110
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 
@@ -92,6 +116,15 @@ class ReceiverCounts:
     rejected: int = 0
     retry: int = 0
     aborted_too_large: int = 0
+    refused_sop_class: int = 0
+    failed: int = 0
+
+
+@dataclass
+class _AssociationStats:
+    calling_aet: str
+    started: float = field(default_factory=time.monotonic)
+    statuses: Counter[int] = field(default_factory=Counter)
 
 
 def _status(code: int, comment: str | None = None) -> Dataset:
@@ -134,6 +167,7 @@ class StorageReceiver:
         max_bytes: int = DEFAULT_MAX_BYTES,
         maximum_associations: int = 10,
         network_timeout_s: float = 60.0,
+        accepted_sop_classes: Collection[str] | None = DEFAULT_ACCEPTED_SOP_CLASSES,
     ) -> None:
         if not 1 <= len(ae_title.strip()) <= 16:
             raise ValueError(f"'ae_title' must be 1 to 16 characters, got {ae_title!r}")
@@ -148,7 +182,11 @@ class StorageReceiver:
         self.host = host
         self._port = port
         self.max_bytes = max_bytes
+        self.accepted_sop_classes = (
+            None if accepted_sop_classes is None else frozenset(accepted_sop_classes)
+        )
         self.counts = ReceiverCounts()
+        self._associations: dict[int, _AssociationStats] = {}
         self._counts_lock = threading.Lock()
         self._received: dict[int, int] = {}  # association id -> data set bytes so far
         self._ssl_context = ssl_context
@@ -183,6 +221,7 @@ class StorageReceiver:
         handlers: list[Any] = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_CONN_OPEN, self._on_open),
+            (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_PDU_RECV, self._on_pdu),
             (evt.EVT_CONN_CLOSE, self._on_close),
         ]
@@ -229,6 +268,22 @@ class StorageReceiver:
 
     def _on_close(self, event: Any) -> None:
         self._received.pop(id(event.assoc), None)
+        with self._counts_lock:
+            stats = self._associations.pop(id(event.assoc), None)
+        if stats is not None:
+            log_association(stats.calling_aet, stats.statuses, time.monotonic() - stats.started)
+
+    def _on_accepted(self, event: Any) -> None:
+        with self._counts_lock:
+            self._associations.setdefault(id(event.assoc), _AssociationStats(_calling_aet(event)))
+
+    def _record_status(self, event: Any, status: int) -> None:
+        key = id(event.assoc)
+        with self._counts_lock:
+            stats = self._associations.get(key)
+            if stats is None:
+                stats = self._associations[key] = _AssociationStats(_calling_aet(event))
+            stats.statuses[status] += 1
 
     def _on_pdu(self, event: Any) -> None:
         """Abort an association whose current data set passes ``max_bytes``."""
@@ -260,14 +315,30 @@ class StorageReceiver:
 
     def _on_store(self, event: Any) -> Dataset:
         try:
-            return self._store(event)
-        except Exception:  # never let one instance take the receiver down
-            LOG.exception("C-STORE handler failed; answering Out of Resources")
+            answer = self._store(event)
+        except (IntakeUnavailable, MemoryError) as exc:  # transient: the sender retries
+            LOG.warning("C-STORE: intake unavailable, asking the sender to retry: %s", exc)
             self._count("retry")
-            return _status(STATUS_OUT_OF_RESOURCES, "receiver error; retry later")
+            answer = _status(STATUS_OUT_OF_RESOURCES, "storage unavailable; retry later")
+        except InvalidRecord as exc:  # permanent: this content will never be accepted
+            self._count("rejected")
+            answer = _status(STATUS_CANNOT_UNDERSTAND, exc.reason)
+        except Exception:  # never let one instance take the receiver down
+            LOG.exception("C-STORE handler failed; answering Processing Failure")
+            self._count("failed")
+            answer = _status(STATUS_PROCESSING_FAILURE, "receiver error")
+        with contextlib.suppress(Exception):
+            self._record_status(event, int(answer.Status))
+        return answer
 
     def _store(self, event: Any) -> Dataset:
         requestor = event.assoc.requestor
+        sop_class = getattr(event.request, "AffectedSOPClassUID", None)
+        if not sop_class_accepted(
+            None if sop_class is None else str(sop_class), self.accepted_sop_classes
+        ):
+            self._count("refused_sop_class")
+            return _status(STATUS_SOP_CLASS_NOT_SUPPORTED, "SOP class not supported")
         position = SourcePosition(
             "dicom",
             f"{requestor.ae_title}@{requestor.address}:{requestor.port}",
@@ -279,12 +350,7 @@ class StorageReceiver:
             self._count("rejected")
             return _status(STATUS_CANNOT_UNDERSTAND, f"instance over {self.max_bytes} bytes")
         data = event.encoded_dataset(include_meta=True)
-        try:
-            result = self.intake.accept(data, position)
-        except IntakeUnavailable as exc:
-            LOG.warning("intake unavailable, asking %s to retry: %s", requestor.ae_title, exc)
-            self._count("retry")
-            return _status(STATUS_OUT_OF_RESOURCES, "storage unavailable; retry later")
+        result = self.intake.accept(data, position)
         if result.outcome is Outcome.REJECTED:
             self._count("rejected")
             return _status(STATUS_CANNOT_UNDERSTAND, result.reason or "rejected")
@@ -292,9 +358,30 @@ class StorageReceiver:
         return _status(STATUS_SUCCESS)
 
 
+def _calling_aet(event: Any) -> str:
+    title = getattr(event.assoc.requestor, "ae_title", "")
+    if isinstance(title, bytes):
+        title = title.decode("ascii", "replace")
+    return "".join(c if c.isprintable() else "?" for c in str(title).strip())[:16] or "?"
+
+
+def log_association(calling_aet: str, statuses: Counter[int], duration_s: float) -> None:
+    """The one INFO line per association: AE title, instances, statuses (no PHI)."""
+    shown = ", ".join(f"0x{code:04X}={n}" for code, n in sorted(statuses.items())) or "none"
+    LOG.info(
+        "DICOM association from %s closed after %.1f s: %d instance(s), statuses %s",
+        calling_aet,
+        duration_s,
+        sum(statuses.values()),
+        shown,
+    )
+
+
 __all__ = [
     "STATUS_CANNOT_UNDERSTAND",
     "STATUS_OUT_OF_RESOURCES",
+    "STATUS_PROCESSING_FAILURE",
+    "STATUS_SOP_CLASS_NOT_SUPPORTED",
     "STATUS_SUCCESS",
     "Intake",
     "IntakeResult",
@@ -302,5 +389,6 @@ __all__ = [
     "Outcome",
     "ReceiverCounts",
     "StorageReceiver",
+    "log_association",
     "server_ssl_context",
 ]

@@ -1,4 +1,4 @@
-"""Kafka topics -> :class:`~surveillance.ingest.RawRecord`: one consumer-group member.
+"""Kafka topics -> :class:`~surveillance.intake.ingest.RawRecord`: one consumer-group member.
 
 :class:`KafkaSource` is a transport-style source (``poll()`` / ``close()``, a
 context manager) over a kafka-python ``KafkaConsumer`` subscribed to the three
@@ -37,8 +37,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
-from connectors.events import SourcePosition
-from surveillance.ingest import RawRecord
+from surveillance.core.events import RawRecord, SourcePosition
 
 log = logging.getLogger(__name__)
 

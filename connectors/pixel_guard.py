@@ -11,8 +11,9 @@ long-lived worker process:
   the cap fails with MemoryError inside the worker (Linux; elsewhere the cap is
   best effort);
 * before decoding, the size the header declares (rows x columns x samples x
-  frames x bytes) is checked against the cap, so an obvious bomb is refused
-  without allocating anything;
+  frames x bytes, :func:`connectors.dicom_files.check_pixel_budget`) is checked
+  against ``max_decoded_bytes`` (default: the memory cap), so an obvious bomb is
+  refused without allocating anything;
 * the parent waits at most ``timeout_s``; then it kills the worker and starts
   a fresh one for the next file. A worker that dies (signal, segfault) is
   replaced the same way;
@@ -34,7 +35,10 @@ import sys
 import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from connectors.dicom_files import check_pixel_budget
+from surveillance.core.errors import InvalidRecord
 
 if TYPE_CHECKING:  # numpy is imported in the worker only after its limits are set
     import numpy as np
@@ -47,7 +51,7 @@ _WORKER_CODE = (
     "import sys\n"
     "from multiprocessing.connection import Connection\n"
     "from connectors.pixel_guard import _worker_main\n"
-    "_worker_main(Connection(int(sys.argv[1])), int(sys.argv[2]))\n"
+    "_worker_main(Connection(int(sys.argv[1])), int(sys.argv[2]), int(sys.argv[3]))\n"
 )
 
 
@@ -68,17 +72,9 @@ def _address_space_bytes() -> int:
         return 0
 
 
-def _declared_bytes(ds: Any) -> int:
-    rows = int(ds.get("Rows", 0) or 0)
-    columns = int(ds.get("Columns", 0) or 0)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    bits = int(ds.get("BitsAllocated", 8) or 8)
-    return rows * columns * samples * max(frames, 1) * max((bits + 7) // 8, 1)
-
-
-def _worker_main(conn: Connection, memory_bytes: int) -> None:
+def _worker_main(conn: Connection, memory_bytes: int, max_decoded_bytes: int = 0) -> None:
     """Worker loop: receive a path, answer ("ok", array) or ("error", reason)."""
+    budget = max_decoded_bytes if max_decoded_bytes > 0 else memory_bytes
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     import resource
@@ -105,11 +101,12 @@ def _worker_main(conn: Connection, memory_bytes: int) -> None:
             return
         try:
             ds = dcmread(path, force=False)
-            declared = _declared_bytes(ds)
-            if declared > memory_bytes:
+            try:
+                check_pixel_budget(ds, budget)
+            except InvalidRecord as exc:
                 raise PixelDecodeError(
-                    f"the header declares {declared} bytes of pixels; the cap is {memory_bytes}"
-                )
+                    f"the header declares too many pixels: {exc.reason}"
+                ) from exc
             array = ds.pixel_array
             conn.send(("ok", array))
         except PixelDecodeError as exc:
@@ -127,6 +124,9 @@ def _worker_main(conn: Connection, memory_bytes: int) -> None:
 class PixelGuard:
     """A worker process that decodes pixel data within limits. Thread-safe.
 
+    ``max_decoded_bytes`` is the pixel budget checked on the header before a
+    decode (default, and upper bound: ``memory_bytes``).
+
     >>> with PixelGuard(timeout_s=30, memory_bytes=2 * 1024**3) as guard:
     ...     array = guard.decode(path)
     """
@@ -136,13 +136,17 @@ class PixelGuard:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         memory_bytes: int = DEFAULT_MEMORY_BYTES,
+        max_decoded_bytes: int | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"'timeout_s' must be > 0, got {timeout_s}")
         if memory_bytes < 16 * 1024**2:
             raise ValueError(f"'memory_bytes' must be >= 16 MiB, got {memory_bytes}")
+        if max_decoded_bytes is not None and max_decoded_bytes < 1:
+            raise ValueError(f"'max_decoded_bytes' must be >= 1, got {max_decoded_bytes}")
         self.timeout_s = timeout_s
         self.memory_bytes = memory_bytes
+        self.max_decoded_bytes = min(max_decoded_bytes or memory_bytes, memory_bytes)
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
@@ -166,6 +170,7 @@ class PixelGuard:
                     _WORKER_CODE,
                     str(child_sock.fileno()),
                     str(self.memory_bytes),
+                    str(self.max_decoded_bytes),
                 ],
                 pass_fds=(child_sock.fileno(),),
                 env=env,
@@ -248,9 +253,12 @@ def decode_pixels(
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     memory_bytes: int = DEFAULT_MEMORY_BYTES,
+    max_decoded_bytes: int | None = None,
 ) -> np.ndarray:
     """One file in a throw-away worker (use :class:`PixelGuard` for many files)."""
-    with PixelGuard(timeout_s=timeout_s, memory_bytes=memory_bytes) as guard:
+    with PixelGuard(
+        timeout_s=timeout_s, memory_bytes=memory_bytes, max_decoded_bytes=max_decoded_bytes
+    ) as guard:
         return guard.decode(path)
 
 

@@ -2,8 +2,9 @@
 
 This is the embedded default feed of ``surveillance demo`` and the test-bed of the
 drift and performance jobs. It emits exactly the events the real connectors emit
-(:class:`~connectors.events.DicomMetadataEvent`, :class:`~connectors.events.PredictionEvent`,
-:class:`~connectors.events.DiagnosisEvent`), each of which round-trips through the
+(:class:`~surveillance.core.events.DicomMetadataEvent`,
+:class:`~surveillance.core.events.PredictionEvent`,
+:class:`~surveillance.core.events.DiagnosisEvent`), each of which round-trips through the
 JSONL/Kafka record format of :mod:`connectors.records`.
 
 The simulated world
@@ -61,7 +62,7 @@ The simulated world
 * **Population changes.** A :class:`PopulationChange` sets a new prevalence and/or
   shifts the age of new patients at one site (or every site) from ``at_day`` on.
 * **Labels.** A fraction ``label_fraction`` (0.85) of studies ever gets a
-  confirmed label: one :class:`~connectors.events.DiagnosisEvent` per finding,
+  confirmed label: one :class:`~surveillance.core.events.DiagnosisEvent` per finding,
   confirmed ``Uniform(label_delay_days)`` days (default 2..21) after the study,
   from a source drawn from ``diagnosis_sources`` (report 60 %, consensus 20 %,
   follow-up 15 %, pathology 5 %). Labels confirmed at or after the end of the
@@ -98,7 +99,9 @@ import numpy as np
 import numpy.typing as npt
 
 from connectors.dicom_header import age_band
-from connectors.events import (
+from connectors.records import event_to_jsonl
+from surveillance.core.errors import ConfigError
+from surveillance.core.events import (
     DIAGNOSIS_SOURCES,
     DiagnosisEvent,
     DicomMetadataEvent,
@@ -106,8 +109,6 @@ from connectors.events import (
     PredictionEvent,
     SourcePosition,
 )
-from connectors.records import event_to_jsonl
-from surveillance.errors import ConfigError
 
 # --------------------------------------------------------------------------- model
 TARGET_SENSITIVITY = 0.90

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from surveillance.errors import SurveillanceError, UsageError
+from surveillance.core.errors import SurveillanceError, UsageError
 
 if TYPE_CHECKING:
     from surveillance.store import Store
@@ -199,7 +199,7 @@ class _Grafana:
 def drift_annotations(store: Store) -> list[dict[str, Any]]:
     """One annotation per drift incident: when it opened, what and where."""
     out = []
-    for incident in store.incidents():
+    for incident in store.incidents.find():
         if incident.signal_kind != "drift":
             continue
         start_ms = int(incident.opened_at.timestamp() * 1000)

@@ -11,6 +11,11 @@ alibi's (unbiased MMD² for ``mmd-alibi``; the largest KS distance for
 ``ks-alibi``) and the p-value alibi's (for KS: the smallest per-feature p-value
 after alibi's correction, multiplied back to a family-wise p-value for
 Bonferroni so it is comparable with :class:`~detectors.ks.KSDetector`).
+
+Effect sizes: ``ks-alibi`` reports the largest KS distance (``"ks_d"``, as
+:class:`~detectors.ks.KSDetector`); ``mmd-alibi`` reports none (``nan``): alibi's
+unbiased MMD² can be negative and is not normalised, so it is not comparable
+with ``mmd_norm``.
 """
 
 from __future__ import annotations
@@ -18,9 +23,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike
 
-from detectors.base import Detector, DriftResult, InsufficientDataError, as_2d_float
+from detectors.base import Data, Detector, DriftResult, as_2d_float, check_min_samples
 
 _INSTALL = (
     "alibi-detect is not installed; it is optional (BSL-1.1 licence, numpy<2): "
@@ -38,24 +42,15 @@ def _alibi_cd() -> Any:
 
 class _AlibiDetector(Detector):
     def __init__(self, alpha: float = 0.05, min_samples: int = 30) -> None:
-        super().__init__(alpha=alpha)
-        self.min_samples = min_samples
+        super().__init__(alpha=alpha, min_samples=check_min_samples(min_samples))
         self._cd = _alibi_cd()
         self._impl: Any = None
 
-    def _prepare(self, data: ArrayLike) -> np.ndarray:
-        arr = as_2d_float(data, type(self).__name__).astype(np.float32)
-        if arr.shape[0] < self.min_samples:
-            raise InsufficientDataError(
-                f"{arr.shape[0]} rows; {type(self).__name__} needs at least "
-                f"min_samples={self.min_samples}"
-            )
-        return arr
+    def _prepare(self, data: Data) -> np.ndarray:
+        return as_2d_float(data, type(self).__name__).astype(np.float32)
 
-    def fit(self, reference: ArrayLike) -> Detector:
-        super().fit(reference)
-        self._impl = self._build(self.reference)
-        return self
+    def _fit(self, reference: np.ndarray) -> None:
+        self._impl = self._build(reference)
 
     def _build(self, reference: np.ndarray) -> Any:
         raise NotImplementedError
@@ -84,19 +79,12 @@ class AlibiMMDDetector(_AlibiDetector, key="mmd-alibi"):
             device=self.device,
         )
 
-    def score(self, window: ArrayLike) -> DriftResult:
-        ref = self.reference
-        win = self._prepare(window)
-        data = self._impl.predict(win)["data"]
-        p_value = float(data["p_val"])
-        return DriftResult(
-            detector=self.key,
+    def _score(self, window: np.ndarray) -> DriftResult:
+        data = self._impl.predict(window)["data"]
+        return self._result(
             statistic=float(data["distance"]),
-            p_value=p_value,
-            threshold=self.alpha,
-            drifted=p_value < self.alpha,
-            n_reference=int(ref.shape[0]),
-            n_window=int(win.shape[0]),
+            p_value=float(data["p_val"]),
+            n_window=int(window.shape[0]),
             details={"backend": "alibi-detect", "n_permutations": self.n_permutations},
         )
 
@@ -107,21 +95,18 @@ class AlibiKSDetector(_AlibiDetector, key="ks-alibi"):
     def _build(self, reference: np.ndarray) -> Any:
         return self._cd.KSDrift(reference, p_val=self.alpha, correction="bonferroni")
 
-    def score(self, window: ArrayLike) -> DriftResult:
-        ref = self.reference
-        win = self._prepare(window)
-        data = self._impl.predict(win, return_p_val=True, return_distance=True)["data"]
+    def _score(self, window: np.ndarray) -> DriftResult:
+        data = self._impl.predict(window, return_p_val=True, return_distance=True)["data"]
         p_values = np.atleast_1d(np.asarray(data["p_val"], dtype=np.float64))
+        distances = np.atleast_1d(np.asarray(data["distance"], dtype=np.float64))
         family = float(min(1.0, p_values.min() * p_values.size))
-        return DriftResult(
-            detector=self.key,
-            statistic=float(np.max(data["distance"])),
+        return self._result(
+            statistic=float(distances.max()),
             p_value=family,
-            threshold=self.alpha,
-            drifted=family < self.alpha,
-            n_reference=int(ref.shape[0]),
-            n_window=int(win.shape[0]),
+            n_window=int(window.shape[0]),
             details={"backend": "alibi-detect", "most_drifted": int(np.argmin(p_values))},
+            effect_size=float(distances.max()),
+            effect_name="ks_d",
         )
 
 

@@ -20,7 +20,21 @@ cases fall near the threshold: covariate shift). It cannot see a change in
 confidently wrong): under such a change the scores are no longer calibrated
 and the estimate is wrong, which is exactly why it only warns and the labelled
 performance, once matured, decides. Scores that are not calibrated should be
-recalibrated on labelled reference data first (``calibrate`` argument).
+recalibrated on labelled reference data first: fit a :class:`Calibrator` on
+the reference's scores and labels and pass it as ``calibrator=`` (or pass any
+function as ``calibrate=``). The operating decision stays ``raw score >=
+threshold``; only the probability each case contributes is calibrated.
+
+Calibrator
+    Isotonic regression of the reference labels on the reference scores (the
+    pool-adjacent-violators fit of :func:`scipy.optimize.isotonic_regression`,
+    equal scores pooled first): the non-decreasing step function closest to
+    the labels in least squares, which assumes only that a higher score never
+    means a lower probability. New scores are mapped by linear interpolation
+    between the fitted points (constant beyond the reference's range), and
+    clipped to ``[1e-6, 1 - 1e-6]`` so no case is certain. With it, the
+    assumption becomes "``P(y | score)`` in the window is what it was in the
+    reference": case-mix changes are still followed, concept shift still is not.
 
 The interval reflects the randomness of the labels that have not arrived yet
 (each ``y_i`` a Bernoulli(``p_i``) draw; delta method on the two independent
@@ -37,6 +51,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy.optimize import isotonic_regression
 from scipy.stats import norm
 
 ASSUMPTION = (
@@ -77,6 +92,57 @@ class CBPEResult:
     assumption: str = ASSUMPTION
 
 
+class Calibrator:
+    """Isotonic recalibration of scores, fitted on labelled reference data.
+
+    ``Calibrator().fit(reference_scores, reference_labels)(scores)`` returns
+    calibrated probabilities in ``[eps, 1 - eps]``; see the module docstring.
+    After ``fit``: ``thresholds_`` (the distinct reference scores, ascending)
+    and ``values_`` (the fitted probability at each).
+    """
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        if not 0.0 < eps < 0.5:
+            raise ValueError(f"'eps' must be in (0, 0.5), got {eps!r}")
+        self.eps = eps
+        self.thresholds_: np.ndarray | None = None
+        self.values_: np.ndarray | None = None
+
+    def fit(self, scores: ArrayLike, labels: ArrayLike) -> Calibrator:
+        s = np.asarray(scores, dtype=np.float64)
+        y = np.asarray(labels)
+        if s.ndim != 1 or y.shape != s.shape:
+            raise ValueError(
+                f"'scores' and 'labels' must be 1-D of equal length, got {s.shape} and {y.shape}"
+            )
+        if s.size == 0:
+            raise ValueError("Calibrator needs at least one labelled case")
+        if not np.isfinite(s).all():
+            raise ValueError("'scores' must be finite (no NaN or inf)")
+        if y.dtype != np.bool_:
+            values = set(np.unique(y).tolist())
+            if not values <= {0, 1}:
+                raise ValueError(f"'labels' must hold 0/1, got values {sorted(values)!r}")
+        yf = y.astype(np.float64)
+        # Pool equal scores (their mean label, weighted by count), then PAVA.
+        thresholds, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+        means = np.bincount(inverse, weights=yf, minlength=thresholds.size) / counts
+        fitted = isotonic_regression(means, weights=counts.astype(np.float64), increasing=True).x
+        self.thresholds_ = thresholds
+        self.values_ = np.clip(fitted, self.eps, 1.0 - self.eps)
+        return self
+
+    def __call__(self, scores: ArrayLike) -> np.ndarray:
+        """Calibrated probabilities for ``scores`` (same shape)."""
+        if self.thresholds_ is None or self.values_ is None:
+            raise RuntimeError("Calibrator has not been fit: call fit(scores, labels) first")
+        s = np.asarray(scores, dtype=np.float64)
+        out = np.interp(s, self.thresholds_, self.values_)
+        return np.clip(out, self.eps, 1.0 - self.eps)
+
+    transform = __call__
+
+
 def _metric(
     value: float, gradient: tuple[float, float], var_tp: float, var_fn: float, z: float, den: float
 ) -> EstimatedMetric:
@@ -96,15 +162,23 @@ def estimate_performance(
     *,
     confidence: float = 0.95,
     calibrate: Callable[[np.ndarray], np.ndarray] | None = None,
+    calibrator: Calibrator | None = None,
 ) -> CBPEResult:
     """Estimate sensitivity, specificity, PPV and NPV from ``scores`` alone.
 
     ``scores`` are the model's outputs in ``[0, 1]``; the decision is
     ``score >= threshold`` (as in :func:`detectors.performance.binary_metrics`).
     ``calibrate`` maps raw scores to calibrated probabilities (e.g. an isotonic
-    fit on labelled reference data); without it the scores are taken as
-    calibrated. See the module docstring for the assumption.
+    fit on labelled reference data); ``calibrator`` is a fitted
+    :class:`Calibrator` used the same way (give one or the other). Without
+    either the scores are taken as calibrated. The decision ``score >=
+    threshold`` is always made on the raw scores. See the module docstring for
+    the assumption.
     """
+    if calibrator is not None:
+        if calibrate is not None:
+            raise ValueError("give 'calibrate' or 'calibrator', not both")
+        calibrate = calibrator
     s = np.asarray(scores, dtype=np.float64)
     if s.ndim != 1:
         raise ValueError(f"'scores' must be 1-D, got shape {s.shape}")
@@ -156,4 +230,4 @@ def estimate_performance(
     )
 
 
-__all__ = ["ASSUMPTION", "CBPEResult", "EstimatedMetric", "estimate_performance"]
+__all__ = ["ASSUMPTION", "CBPEResult", "Calibrator", "EstimatedMetric", "estimate_performance"]

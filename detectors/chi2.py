@@ -12,23 +12,52 @@ The test is :func:`scipy.stats.chi2_contingency` with its defaults (Yates'
 continuity correction applies only to a 2 x 2 table). When the union holds a
 single category the table has no degrees of freedom: there is nothing to test,
 and the result is ``statistic=0.0, p_value=1.0``.
+
+Effect sizes
+    ``effect_size`` is Cramér's V of the 2 x k table (``effect_name="cramers_v"``),
+    ``V = sqrt(X² / N)`` with ``X²`` the Pearson statistic *without* Yates'
+    correction and ``N`` the total count (for a 2 x k table ``min(r, c) - 1 = 1``).
+    ``details["psi"]`` holds the population stability index
+    ``PSI = sum_c (w_c - r_c) ln(w_c / r_c)`` over the category shares of the
+    window ``w`` and the reference ``r``, each share floored at ``1e-4`` so a new
+    or vanished category gives a large but finite value.
+
+    =============  ====================================================
+    ``cramers_v``  meaning (Cohen's conventions for one degree of freedom)
+    =============  ====================================================
+    0              identical category shares
+    ~0.1           small
+    ~0.3           medium
+    >= 0.5         large (a new scanner model taking over the window)
+    1              disjoint: no category in common
+    =============  ====================================================
+
+    =============  ====================================================
+    PSI            meaning (the usual credit-scoring bands)
+    =============  ====================================================
+    < 0.1          no material shift
+    0.1 - 0.25     moderate shift, watch it
+    > 0.25         major shift
+    =============  ====================================================
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.stats import chi2_contingency
+from scipy.stats.contingency import association
 
-from detectors.base import Detector, DriftResult, InsufficientDataError
+from detectors.base import Data, Detector, DriftResult, check_min_samples
 
 MISSING = "missing"
+#: Floor on a category share in the PSI (keeps a new category finite).
+PSI_FLOOR = 1e-4
 
 #: Anything array-like, including a plain list mixing str, numbers and None.
-Categories = ArrayLike | Sequence[object]
+Categories = Data
 
 
 def _category(value: object) -> str:
@@ -39,6 +68,15 @@ def _category(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
+
+
+def population_stability_index(
+    reference_shares: ArrayLike, window_shares: ArrayLike, floor: float = PSI_FLOOR
+) -> float:
+    """``sum (w - r) ln(w / r)`` over aligned category shares, each floored at ``floor``."""
+    r = np.maximum(np.asarray(reference_shares, dtype=np.float64), floor)
+    w = np.maximum(np.asarray(window_shares, dtype=np.float64), floor)
+    return float(np.sum((w - r) * np.log(w / r)))
 
 
 class Chi2Detector(Detector, key="chi2"):
@@ -52,11 +90,10 @@ class Chi2Detector(Detector, key="chi2"):
         Fewest values (``"missing"`` included) in the reference and the window.
     """
 
+    size_unit = "values"
+
     def __init__(self, alpha: float = 0.05, min_samples: int = 30) -> None:
-        super().__init__(alpha=alpha)
-        if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
-            raise ValueError(f"'min_samples' must be a positive int, got {min_samples!r}")
-        self.min_samples = min_samples
+        super().__init__(alpha=alpha, min_samples=check_min_samples(min_samples))
 
     def _prepare(self, data: Categories) -> np.ndarray:
         arr = np.asarray(data, dtype=object)
@@ -66,24 +103,9 @@ class Chi2Detector(Detector, key="chi2"):
             )
         return np.array([_category(v) for v in arr.tolist()], dtype=object)
 
-    def _check_size(self, data: np.ndarray, what: str) -> None:
-        if data.shape[0] < self.min_samples:
-            raise InsufficientDataError(
-                f"{what} has {data.shape[0]} values; {type(self).__name__} needs at least "
-                f"min_samples={self.min_samples}"
-            )
-
-    def fit(self, reference: Categories) -> Chi2Detector:
-        prepared = self._prepare(reference)
-        self._check_size(prepared, "reference")
-        self._reference = prepared
-        return self
-
-    def score(self, window: Categories) -> DriftResult:
+    def _score(self, window: np.ndarray) -> DriftResult:
         ref = self.reference
-        win = self._prepare(window)
-        self._check_size(win, "window")
-
+        win = window
         ref_cats, ref_counts = np.unique(ref.astype(str), return_counts=True)
         win_cats, win_counts = np.unique(win.astype(str), return_counts=True)
         ref_map = dict(zip(ref_cats.tolist(), ref_counts.tolist(), strict=True))
@@ -98,33 +120,32 @@ class Chi2Detector(Detector, key="chi2"):
         )
 
         if len(categories) < 2:
-            statistic, p_value = 0.0, 1.0
+            statistic, p_value, cramers_v = 0.0, 1.0, 0.0
         else:
             # Every column has a positive total and both rows hold >= min_samples
             # values, so no expected frequency is zero and scipy does not raise.
             res = chi2_contingency(table)
             statistic, p_value = float(res.statistic), float(res.pvalue)
+            cramers_v = float(association(table, method="cramer", correction=False))
 
         n_ref, n_win = int(ref.shape[0]), int(win.shape[0])
-        return DriftResult(
-            detector=self.key,
+        ref_shares = table[0] / n_ref
+        win_shares = table[1] / n_win
+        return self._result(
             statistic=statistic,
             p_value=p_value,
-            threshold=self.alpha,
-            drifted=p_value < self.alpha,
-            n_reference=n_ref,
             n_window=n_win,
             details={
                 "categories": {
-                    c: {
-                        "reference": ref_map.get(c, 0) / n_ref,
-                        "window": win_map.get(c, 0) / n_win,
-                    }
-                    for c in categories
+                    c: {"reference": float(r), "window": float(w)}
+                    for c, r, w in zip(categories, ref_shares, win_shares, strict=True)
                 },
                 "new_categories": [c for c in categories if c not in ref_map],
+                "psi": population_stability_index(ref_shares, win_shares),
             },
+            effect_size=cramers_v,
+            effect_name="cramers_v",
         )
 
 
-__all__ = ["MISSING", "Chi2Detector"]
+__all__ = ["MISSING", "PSI_FLOOR", "Chi2Detector", "population_stability_index"]

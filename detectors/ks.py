@@ -11,56 +11,42 @@ Missing values (NaN) are dropped per feature, so a sparse column does not throw
 away rows of the others; each feature must still keep ``min_samples`` values on
 both sides, otherwise :class:`InsufficientDataError` is raised (never a silent
 skip).
+
+Effect size
+    ``effect_size`` is the largest KS distance ``D`` over the features
+    (``effect_name="ks_d"``): the largest vertical gap between the reference's
+    and the window's empirical CDFs, in ``[0, 1]``, whatever the sample sizes.
+
+    ============  ============================================================
+    ``ks_d``      meaning
+    ============  ============================================================
+    0             identical empirical distributions
+    ~0.1          small: a 0.25 SD mean shift of a normal feature gives ~0.1
+    ~0.2 - 0.4    moderate to large (0.5 SD shift ~0.2, 1 SD ~0.38)
+    1             disjoint: every window value lies beyond every reference one
+    ============  ============================================================
+
+:func:`adjust_p_values` lives in :mod:`detectors.multiplicity` and is
+re-exported here.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Literal, get_args
 
 import numpy as np
-from numpy.typing import ArrayLike
 from scipy.stats import ks_2samp
 
-from detectors.base import Detector, DriftResult, InsufficientDataError, as_2d_float
-
-Correction = Literal["bonferroni", "holm", "fdr_bh"]
-_CORRECTIONS: tuple[str, ...] = get_args(Correction)
-
-
-def adjust_p_values(p_values: ArrayLike, method: Correction = "bonferroni") -> np.ndarray:
-    """Multiplicity-adjusted p-values, in the input order, clipped to ``[0, 1]``.
-
-    ``holm`` is the step-down Holm–Bonferroni procedure and ``fdr_bh`` the
-    step-up Benjamini–Hochberg procedure; both are made monotone in the sorted
-    order exactly as statsmodels' ``multipletests`` does, so an adjusted p-value
-    below ``alpha`` means "rejected by the procedure at level ``alpha``".
-    """
-    p = np.asarray(p_values, dtype=np.float64)
-    if p.ndim != 1:
-        raise ValueError(f"'p_values' must be 1-D, got shape {p.shape}")
-    if method not in _CORRECTIONS:
-        raise ValueError(f"'method' must be one of {', '.join(_CORRECTIONS)}; got {method!r}")
-    k = p.size
-    if k == 0:
-        return p.copy()
-    if method == "bonferroni":
-        return np.minimum(p * k, 1.0)
-
-    order = np.argsort(p, kind="stable")
-    ranked = p[order]
-    if method == "holm":
-        # p_(i) * (k - i + 1), then a running maximum from the smallest upwards.
-        factors = np.arange(k, 0, -1, dtype=np.float64)
-        stepped = np.maximum.accumulate(ranked * factors)
-    else:
-        # p_(i) * k / i, then a running minimum from the largest downwards.
-        factors = k / np.arange(1, k + 1, dtype=np.float64)
-        stepped = np.minimum.accumulate((ranked * factors)[::-1])[::-1]
-    adjusted = np.empty(k, dtype=np.float64)
-    adjusted[order] = np.minimum(stepped, 1.0)
-    return adjusted
+from detectors.base import (
+    Data,
+    Detector,
+    DriftResult,
+    InsufficientDataError,
+    as_2d_float,
+    check_min_samples,
+)
+from detectors.multiplicity import Correction, adjust_p_values, check_correction
 
 
 def _ks_2samp(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -103,13 +89,8 @@ class KSDetector(Detector, key="ks"):
         feature_names: Sequence[str] | None = None,
         min_samples: int = 30,
     ) -> None:
-        super().__init__(alpha=alpha)
-        if correction not in _CORRECTIONS:
-            raise ValueError(
-                f"'correction' must be one of {', '.join(_CORRECTIONS)}; got {correction!r}"
-            )
-        if isinstance(min_samples, bool) or not isinstance(min_samples, int) or min_samples < 1:
-            raise ValueError(f"'min_samples' must be a positive int, got {min_samples!r}")
+        super().__init__(alpha=alpha, min_samples=check_min_samples(min_samples))
+        check_correction(correction, "correction")
         if feature_names is not None:
             if isinstance(feature_names, str):
                 raise ValueError("'feature_names' must be a sequence of str, not a single str")
@@ -117,10 +98,9 @@ class KSDetector(Detector, key="ks"):
             if len(set(feature_names)) != len(feature_names):
                 raise ValueError(f"'feature_names' must be unique, got {feature_names!r}")
         self.correction: Correction = correction
-        self.min_samples = min_samples
         self.feature_names: list[str] | None = feature_names
 
-    def _prepare(self, data: ArrayLike) -> np.ndarray:
+    def _prepare(self, data: Data) -> np.ndarray:
         arr = as_2d_float(data, type(self).__name__)
         if self.feature_names is not None and len(self.feature_names) != arr.shape[1]:
             raise ValueError(
@@ -136,7 +116,7 @@ class KSDetector(Detector, key="ks"):
             else [f"feature_{i}" for i in range(d)]
         )
 
-    def _check_counts(self, data: np.ndarray, what: str) -> None:
+    def _check_size(self, data: np.ndarray, what: str) -> None:
         counts = np.sum(~np.isnan(data), axis=0)
         names = self._names(data.shape[1])
         for name, count in zip(names, counts, strict=True):
@@ -147,21 +127,17 @@ class KSDetector(Detector, key="ks"):
                     f"min_samples={self.min_samples}"
                 )
 
-    def fit(self, reference: ArrayLike) -> KSDetector:
-        prepared = self._prepare(reference)
-        self._check_counts(prepared, "reference")
-        self._reference = prepared
-        return self
+    def _score(self, window: np.ndarray) -> DriftResult:
+        return self._compare(self.reference, window, self._names(window.shape[1]), {})
 
-    def score(self, window: ArrayLike) -> DriftResult:
-        ref = self.reference
-        win = self._prepare(window)
-        if win.shape[1] != ref.shape[1]:
-            raise ValueError(
-                f"window has {win.shape[1]} features but the reference has {ref.shape[1]}"
-            )
-        self._check_counts(win, "window")
-
+    def _compare(
+        self,
+        ref: np.ndarray,
+        win: np.ndarray,
+        names: Sequence[str],
+        extra: dict[str, object],
+    ) -> DriftResult:
+        """Column-by-column KS of ``ref`` against ``win`` (same width), corrected."""
         d = ref.shape[1]
         stats = np.empty(d)
         raw = np.empty(d)
@@ -174,15 +150,9 @@ class KSDetector(Detector, key="ks"):
         # Smallest corrected p first; ties (p clipped to 1, or underflow to 0)
         # go to the feature with the larger KS distance.
         worst = int(np.lexsort((-stats, corrected))[0])
-        names = self._names(d)
-        p_value = float(corrected[worst])
-        return DriftResult(
-            detector=self.key,
+        return self._result(
             statistic=float(stats[worst]),
-            p_value=p_value,
-            threshold=self.alpha,
-            drifted=p_value < self.alpha,
-            n_reference=int(ref.shape[0]),
+            p_value=float(corrected[worst]),
             n_window=int(win.shape[0]),
             details={
                 "feature": names[worst],
@@ -190,7 +160,10 @@ class KSDetector(Detector, key="ks"):
                     name: {"statistic": float(s), "p_value": float(p)}
                     for name, s, p in zip(names, stats, corrected, strict=True)
                 },
+                **extra,
             },
+            effect_size=float(stats.max()),
+            effect_name="ks_d",
         )
 
 

@@ -1,5 +1,8 @@
 """Maximum mean discrepancy with an exact permutation test, on torch (GPU when present).
 
+This module imports torch; ``import detectors`` does not import it, and the
+``mmd`` key and ``detectors.MMDDetector`` load it on first use.
+
 Statistic
     The biased (V-statistic) estimate of MMD² with a Gaussian kernel
     ``k(a, b) = exp(-||a - b||² / (2 σ²))``:
@@ -7,14 +10,51 @@ Statistic
     the kernel matrix of the pooled sample ``z = [x; y]`` (``N = n + m`` rows)
     and ``w`` holds ``1/n`` for reference rows and ``-1/m`` for window rows.
 
-Bandwidth
-    The median heuristic on the pooled sample: ``σ`` is the median Euclidean
-    distance between distinct pooled points. Above ``median_max_points`` pooled
-    points the median is taken over a seeded random subset of that many points
-    (the full set has N²/2 distances). If the median is 0 (mostly tied points)
-    the median of the non-zero distances is used; if every point is identical,
-    ``σ = 1`` and the statistic is 0. ``σ`` depends on the pooled set only, so it
-    is the same for every relabelling and the permutation test stays exact.
+Bandwidth (``bandwidth=``)
+    ``"median"`` (default): the median heuristic on the pooled sample: ``σ`` is
+    the median Euclidean distance between distinct pooled points. Above
+    ``median_max_points`` pooled points the median is taken over a seeded random
+    subset of that many points (the full set has N²/2 distances). If the median
+    is 0 (mostly tied points) the median of the non-zero distances is used; if
+    every point is identical, ``σ = 1`` and the statistic is 0. ``σ`` depends on
+    the pooled set only, so it is the same for every relabelling and the
+    permutation test stays exact.
+
+    a float: that fixed ``σ``.
+
+    ``"multi"``: an MMDAgg-style test over a grid of bandwidths
+    ``σ_g = median x f_g`` with ``f_g`` in ``bandwidth_factors`` (default
+    0.25, 0.5, 1, 2, 4). The median heuristic is blind to some changes: for a
+    change of spread (covariance x 1.1) the median-bandwidth kernel sits in the
+    nearly linear part of ``exp`` and the MMD barely moves, while a wider or
+    narrower kernel sees it. Every bandwidth is tested with the *same*
+    permutations, giving per-bandwidth p-values ``p_g``, and they are combined
+    by their minimum, corrected for having looked at ``G`` bandwidths:
+
+    * ``aggregate="minp"`` (default): the permutation-calibrated minimum
+      (Westfall-Young single-step minP). For every row ``j`` of the
+      ``(B + 1)`` labellings (row 0 observed) and bandwidth ``g``,
+      ``p_g(j) = #{i : T_g(i) >= T_g(j)} / (B + 1)`` and
+      ``m(j) = min_g p_g(j)``; the p-value is ``#{j : m(j) <= m(0)} / (B + 1)``.
+      Under the null the ``B + 1`` labellings are exchangeable, so this is an
+      exact level-``alpha`` test for any ``B``, and it pays only for the
+      *effective* number of bandwidths (neighbouring ones are strongly
+      correlated), so it is more powerful than Bonferroni.
+    * ``aggregate="bonferroni"``: ``min(1, G min_g p_g(0))``, also valid,
+      conservative.
+
+    ``statistic`` is then MMD² at the bandwidth with the smallest ``p_g``
+    (ties go to the factor closest to 1), and ``details`` lists every
+    bandwidth with its MMD² and uncorrected p-value.
+
+    Measured (200 permutations, n = m = 100, seeded runs): for a spread
+    change N(0, I_32) -> N(0, 1.1 I_32) the power is 0.24 with ``"multi"``
+    (``minp``; 0.16 with ``bonferroni``) against 0.10 with ``"median"`` over
+    400 runs, the narrow kernels (x0.25, x0.5) carrying it; under the null
+    (8-d) ``minp`` flagged 4 and ``bonferroni`` 3 of 100 runs at alpha 0.05.
+    The price is a little power on the changes the median already suits: a
+    mean shift of 0.15 SD in 8-d was flagged in 44 % of 200 runs by
+    ``"multi"`` against 49 % by ``"median"`` (0.1 SD in 32-d: 45 % vs 52.5 %).
 
 Permutation test
     ``B = n_permutations`` random relabellings ``w_b = w[π_b]`` are drawn from a
@@ -34,7 +74,34 @@ Memory
     batch (the usual case) every block of ``K`` is computed exactly once. Only
     when several batches are needed, and ``K`` fits under ``max_kernel_bytes``,
     is ``K`` built once (block by block) and kept for the later batches instead
-    of being recomputed. Per-block contributions are accumulated in float64.
+    of being recomputed (with several bandwidths, the squared distances are
+    kept instead and each bandwidth's block is exponentiated on the fly).
+    Per-block contributions are accumulated in float64.
+
+Effect size (``effect_name="mmd_norm"``)
+    ``mmd_norm = sqrt(max(MMD²_b, 0)) / sqrt(1 - mean(K_xx))``: the distance
+    between the two mean embeddings in the kernel's feature space, in units of
+    the reference's own spread there. ``1 - mean(K_xx)`` (diagonal included)
+    is the total variance of the reference's feature map, ``E k(x, x) -
+    ||μ_x||²`` with ``k(x, x) = 1``, so ``mmd_norm`` is the kernel analogue of
+    ``||Δmean|| / sqrt(trace Σ)``: scale-free (the kernel itself is scaled by
+    the median distance) and comparable across embedding sizes. It uses the
+    test's bandwidth for ``"median"`` and a fixed float, and the median
+    bandwidth for ``"multi"`` (so the effect does not depend on the grid). It
+    is 0 for identical samples and ``inf`` when the reference is a single
+    repeated point and the window is not. Like ``MMD²_b`` it is biased upwards
+    in small samples: two samples from the same distribution give about 0.14
+    at n = m = 100 and 0.045 at 1000. Measured on N(0, I_d) references and
+    windows of 500 rows each (d = 8 and 32 agree within 0.02; mean of 10 seeds)::
+
+        window                                  mmd_norm
+        same distribution                       ~0.065  (small-sample bias)
+        mean shift 0.25 SD in every feature     ~0.22
+        mean shift 0.5 SD in every feature      ~0.43
+        mean shift 1 SD in every feature        ~0.84
+
+    i.e. roughly ``0.85 x ||Δmean|| / sqrt(trace Σ)`` for moderate mean
+    shifts, above the small-sample floor.
 
 Dimension reduction
     ``reduce="pca"`` projects on the top ``n_components`` principal axes of the
@@ -45,16 +112,23 @@ Dimension reduction
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal, get_args
 
 import numpy as np
 import torch
-from numpy.typing import ArrayLike
 
-from detectors.base import Detector, DriftResult, InsufficientDataError, as_2d_float
+from detectors.base import Data, Detector, DriftResult, as_2d_float, check_min_samples
 
 Reduce = Literal["pca", "random"]
 _REDUCERS: tuple[str, ...] = get_args(Reduce)
+Aggregate = Literal["minp", "bonferroni"]
+_AGGREGATES: tuple[str, ...] = get_args(Aggregate)
+#: ``"median"``, ``"multi"`` or a fixed bandwidth.
+Bandwidth = Literal["median", "multi"] | float
+
+#: Multiples of the median distance tested by ``bandwidth="multi"``.
+DEFAULT_BANDWIDTH_FACTORS: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 _MIB = 1024 * 1024
 
@@ -116,6 +190,35 @@ def median_bandwidth(
     return _median_distance(_sq_dists(z, z, (z * z).sum(dim=1)))
 
 
+def permutation_p_values(stats: np.ndarray) -> np.ndarray:
+    """Per row ``j`` of each bandwidth ``g``: ``#{i : T_g(i) >= T_g(j)} / (B + 1)``.
+
+    ``stats`` is ``(G, B + 1)``; the result has the same shape. Column 0 is the
+    usual permutation p-value of the observed labelling (ties count against it).
+    """
+    stats = np.atleast_2d(stats)
+    total = stats.shape[1]
+    out = np.empty(stats.shape, dtype=np.float64)
+    for g, row in enumerate(stats):
+        ordered = np.sort(row)
+        out[g] = (total - np.searchsorted(ordered, row, side="left")) / total
+    return out
+
+
+def aggregate_min_p(stats: np.ndarray, method: Aggregate = "minp") -> tuple[float, np.ndarray]:
+    """Aggregate p-value over bandwidths and the observed per-bandwidth p-values.
+
+    ``stats`` is ``(G, B + 1)`` with the observed labelling in column 0; see the
+    module docstring for ``"minp"`` and ``"bonferroni"``.
+    """
+    per_row = permutation_p_values(stats)
+    observed = per_row[:, 0]
+    if method == "bonferroni":
+        return float(min(1.0, observed.size * observed.min())), observed
+    smallest = per_row.min(axis=0)
+    return float(np.mean(smallest <= smallest[0])), observed
+
+
 class MMDDetector(Detector, key="mmd"):
     """Kernel two-sample test for multivariate data (embeddings), on torch.
 
@@ -153,6 +256,14 @@ class MMDDetector(Detector, key="mmd"):
         Pooled points used for the median-heuristic bandwidth (a seeded subset
         above it: 1024 points give ~520k distances, plenty for a median, at a
         fraction of the cost of all N²/2).
+    bandwidth:
+        ``"median"`` (default), ``"multi"`` (several bandwidths, aggregated) or a
+        fixed positive ``σ``.
+    bandwidth_factors:
+        Multiples of the median distance tested by ``"multi"``.
+    aggregate:
+        How ``"multi"`` combines its per-bandwidth p-values: ``"minp"``
+        (permutation-calibrated minimum, default) or ``"bonferroni"``.
     """
 
     def __init__(
@@ -168,13 +279,15 @@ class MMDDetector(Detector, key="mmd"):
         max_kernel_bytes: int = 2 * 1024 * _MIB,
         block_bytes: int = 128 * _MIB,
         median_max_points: int = 1024,
+        bandwidth: Bandwidth = "median",
+        bandwidth_factors: Sequence[float] = DEFAULT_BANDWIDTH_FACTORS,
+        aggregate: Aggregate = "minp",
     ) -> None:
-        super().__init__(alpha=alpha)
+        super().__init__(alpha=alpha, min_samples=check_min_samples(min_samples, 2))
         for name, value, lowest in (
             ("n_permutations", n_permutations, 1),
             ("seed", seed, 0),
             ("n_components", n_components, 1),
-            ("min_samples", min_samples, 2),
             ("max_kernel_bytes", max_kernel_bytes, 0),
             ("block_bytes", block_bytes, 1),
             ("median_max_points", median_max_points, 2),
@@ -185,23 +298,47 @@ class MMDDetector(Detector, key="mmd"):
             raise ValueError(f"'reduce' must be None, 'pca' or 'random'; got {reduce!r}")
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise ValueError(f"'dtype' must be a floating torch dtype, got {dtype!r}")
+        if isinstance(bandwidth, str):
+            if bandwidth not in ("median", "multi"):
+                raise ValueError(
+                    f"'bandwidth' must be 'median', 'multi' or a positive number; got {bandwidth!r}"
+                )
+        elif (
+            isinstance(bandwidth, bool)
+            or not isinstance(bandwidth, int | float)
+            or not (math.isfinite(bandwidth) and bandwidth > 0)
+        ):
+            raise ValueError(
+                f"'bandwidth' must be 'median', 'multi' or a positive number; got {bandwidth!r}"
+            )
+        factors = tuple(float(f) for f in bandwidth_factors)
+        if not factors or not all(math.isfinite(f) and f > 0 for f in factors):
+            raise ValueError(
+                f"'bandwidth_factors' must be positive numbers, got {bandwidth_factors!r}"
+            )
+        if len(set(factors)) != len(factors):
+            raise ValueError(f"'bandwidth_factors' must be distinct, got {bandwidth_factors!r}")
+        if aggregate not in _AGGREGATES:
+            raise ValueError(f"'aggregate' must be 'minp' or 'bonferroni'; got {aggregate!r}")
         self.n_permutations = n_permutations
         self.seed = seed
         self.device = resolve_device(device)
         self.dtype = dtype
         self.reduce: Reduce | None = reduce
         self.n_components = n_components
-        self.min_samples = min_samples
         self.max_kernel_bytes = max_kernel_bytes
         self.block_bytes = block_bytes
         self.median_max_points = median_max_points
+        self.bandwidth: Bandwidth = bandwidth if isinstance(bandwidth, str) else float(bandwidth)
+        self.bandwidth_factors = factors
+        self.aggregate: Aggregate = aggregate
         self._ref_z: torch.Tensor | None = None
         self._center: torch.Tensor | None = None
         self._projection: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ input
 
-    def _prepare(self, data: ArrayLike) -> np.ndarray:
+    def _prepare(self, data: Data) -> np.ndarray:
         if isinstance(data, torch.Tensor):
             data = data.detach().cpu().numpy()
         arr = as_2d_float(data, type(self).__name__)
@@ -210,13 +347,6 @@ class MMDDetector(Detector, key="mmd"):
                 f"{type(self).__name__} needs finite data: drop or impute NaN/inf rows first"
             )
         return arr
-
-    def _check_size(self, data: np.ndarray, what: str) -> None:
-        if data.shape[0] < self.min_samples:
-            raise InsufficientDataError(
-                f"{what} has {data.shape[0]} rows; {type(self).__name__} needs at least "
-                f"min_samples={self.min_samples}"
-            )
 
     def _generator(self, stream: int) -> torch.Generator:
         """An independent, reproducible CPU generator per use (permutations, ...)."""
@@ -236,10 +366,8 @@ class MMDDetector(Detector, key="mmd"):
 
     # -------------------------------------------------------------- fit/score
 
-    def fit(self, reference: ArrayLike) -> MMDDetector:
-        prepared = self._prepare(reference)
-        self._check_size(prepared, "reference")
-        n, d = prepared.shape
+    def _fit(self, reference: np.ndarray) -> None:
+        n, d = reference.shape
         center: torch.Tensor | None = None
         projection: torch.Tensor | None = None
         if self.reduce == "pca":
@@ -248,7 +376,7 @@ class MMDDetector(Detector, key="mmd"):
                     f"'n_components'={self.n_components} exceeds min(n_reference, n_features)"
                     f"={min(n, d)}: PCA cannot produce that many components"
                 )
-            x64 = torch.as_tensor(prepared, dtype=torch.float64, device=self.device)
+            x64 = torch.as_tensor(reference, dtype=torch.float64, device=self.device)
             mean = x64.mean(dim=0)
             _, _, vh = torch.linalg.svd(x64 - mean, full_matrices=False)
             center = mean.to(self.dtype)
@@ -257,26 +385,19 @@ class MMDDetector(Detector, key="mmd"):
             g = self._generator(1)
             w = torch.randn(d, self.n_components, generator=g, dtype=torch.float64)
             projection = (w / math.sqrt(self.n_components)).to(self.dtype).to(self.device)
-        # Assign only once everything succeeded, so a failed refit leaves the
-        # previous fit intact.
-        self._center, self._projection = center, projection
-        self._ref_z = self._project(self._to_tensor(prepared))
-        self._reference = prepared
-        return self
+        # Compute first, assign together, so a failed refit leaves the previous fit intact.
+        ref_z = self._to_tensor(reference)
+        if center is not None:
+            ref_z = ref_z - center
+        if projection is not None:
+            ref_z = ref_z @ projection
+        self._center, self._projection, self._ref_z = center, projection, ref_z
 
-    def score(self, window: ArrayLike) -> DriftResult:
-        ref = self.reference  # raises NotFittedError
+    def _score(self, window: np.ndarray) -> DriftResult:
         assert self._ref_z is not None
-        win = self._prepare(window)
-        if win.shape[1] != ref.shape[1]:
-            raise ValueError(
-                f"window has {win.shape[1]} features but the reference has {ref.shape[1]}"
-            )
-        self._check_size(win, "window")
-
+        n, m = self.reference.shape[0], window.shape[0]
         with torch.no_grad():
-            z = torch.cat([self._ref_z, self._project(self._to_tensor(win))], dim=0)
-            n, m = ref.shape[0], win.shape[0]
+            z = torch.cat([self._ref_z, self._project(self._to_tensor(window))], dim=0)
             weights = torch.cat(
                 [
                     torch.full((n,), 1.0 / n, dtype=torch.float64),
@@ -284,41 +405,137 @@ class MMDDetector(Detector, key="mmd"):
                 ]
             )
             total, itemsize = n + m, torch.finfo(self.dtype).bits // 8
-            kernel: torch.Tensor | None = None
+            sq: torch.Tensor | None = None
             if total * total * itemsize <= min(self.max_kernel_bytes, 4 * self.block_bytes):
                 # Small enough: one distance matrix serves the bandwidth and the kernel
                 # (for large samples the blocked path below uses far less memory).
                 sq = _sq_dists(z, z, (z * z).sum(dim=1))
-                if total > self.median_max_points:  # the subset median_bandwidth would draw
-                    idx = torch.randperm(total, generator=self._generator(2))
-                    idx = idx[: self.median_max_points].to(z.device)
-                    bandwidth = _median_distance(sq[idx][:, idx])
-                else:
-                    bandwidth = _median_distance(sq)
-                kernel = sq.mul_(-1.0 / (2.0 * bandwidth * bandwidth)).exp_()
+            if isinstance(self.bandwidth, float):
+                median = None
+                bandwidth = self.bandwidth
             else:
-                bandwidth = median_bandwidth(z, self.median_max_points, self._generator(2))
+                median = self._median(z, sq)
+                bandwidth = median
+            if self.bandwidth == "multi":
+                assert median is not None
+                return self._score_multi(z, n, m, median, weights, sq)
+
+            kernel: torch.Tensor | None = None
+            if sq is not None:
+                kernel = sq.mul_(-1.0 / (2.0 * bandwidth * bandwidth)).exp_()
+            effect = self._effect(z, n, bandwidth, kernel=kernel)
             stats = self._statistics(z, bandwidth, weights, self._generator(3), kernel)
 
         observed = float(stats[0])
         exceed = int((stats[1:] >= observed).sum())
         p_value = (exceed + 1) / (self.n_permutations + 1)
-        return DriftResult(
-            detector=self.key,
+        return self._result(
             statistic=observed,
             p_value=p_value,
-            threshold=self.alpha,
-            drifted=p_value < self.alpha,
-            n_reference=int(n),
-            n_window=int(m),
+            n_window=m,
             details={
                 "bandwidth": bandwidth,
+                "bandwidth_mode": "fixed" if median is None else "median",
                 "n_permutations": self.n_permutations,
                 "device": str(self.device),
             },
+            effect_size=effect,
+            effect_name="mmd_norm",
         )
 
+    def _score_multi(
+        self,
+        z: torch.Tensor,
+        n: int,
+        m: int,
+        median: float,
+        weights: torch.Tensor,
+        sq: torch.Tensor | None,
+    ) -> DriftResult:
+        bandwidths = [median * f for f in self.bandwidth_factors]
+        effect = self._effect(z, n, median, sq=sq)
+        stats = self._grid_statistics(z, bandwidths, weights, self._generator(3), sq=sq)
+        p_value, per_bandwidth = aggregate_min_p(stats, self.aggregate)
+        # Smallest p first; ties go to the factor closest to 1 (the median).
+        closeness = np.abs(np.log(np.asarray(self.bandwidth_factors)))
+        best = int(np.lexsort((closeness, per_bandwidth))[0])
+        return self._result(
+            statistic=float(stats[best, 0]),
+            p_value=p_value,
+            n_window=m,
+            details={
+                "bandwidth": bandwidths[best],
+                "bandwidth_mode": "multi",
+                "median_bandwidth": median,
+                "aggregate": self.aggregate,
+                "bandwidths": [
+                    {
+                        "factor": f,
+                        "bandwidth": bw,
+                        "statistic": float(stats[g, 0]),
+                        "p_value": float(per_bandwidth[g]),
+                    }
+                    for g, (f, bw) in enumerate(
+                        zip(self.bandwidth_factors, bandwidths, strict=True)
+                    )
+                ],
+                "n_permutations": self.n_permutations,
+                "device": str(self.device),
+            },
+            effect_size=effect,
+            effect_name="mmd_norm",
+        )
+
+    def _median(self, z: torch.Tensor, sq: torch.Tensor | None) -> float:
+        """Median-heuristic bandwidth, from ``sq`` (full squared distances) when given."""
+        total = z.shape[0]
+        if sq is None:
+            return median_bandwidth(z, self.median_max_points, self._generator(2))
+        if total > self.median_max_points:  # the subset median_bandwidth would draw
+            idx = torch.randperm(total, generator=self._generator(2))
+            idx = idx[: self.median_max_points].to(z.device)
+            return _median_distance(sq[idx][:, idx])
+        return _median_distance(sq)
+
     # ----------------------------------------------------------------- kernel
+
+    def _effect(
+        self,
+        z: torch.Tensor,
+        n: int,
+        bandwidth: float,
+        *,
+        kernel: torch.Tensor | None = None,
+        sq: torch.Tensor | None = None,
+    ) -> float:
+        """``mmd_norm`` (module docstring) at ``bandwidth``, from the three kernel means."""
+        total = z.shape[0]
+        m = total - n
+        sel = torch.zeros((2, total), dtype=torch.float64)
+        sel[0, :n] = 1.0 / n
+        sel[1, n:] = 1.0 / m
+        a = sel.to(device=self.device, dtype=self.dtype)
+        gamma = 1.0 / (2.0 * bandwidth * bandwidth)
+        itemsize = torch.finfo(self.dtype).bits // 8
+        rows_per_block = max(1, self.block_bytes // (total * itemsize))
+        z_sq = (z * z).sum(dim=1)
+        means = torch.zeros((2, 2), dtype=torch.float64, device=self.device)
+        for start in range(0, total, rows_per_block):
+            stop = min(start + rows_per_block, total)
+            if kernel is not None:
+                k_rows = kernel[start:stop]
+            else:
+                d = sq[start:stop] if sq is not None else _sq_dists(z[start:stop], z, z_sq)
+                k_rows = torch.exp(d * -gamma)
+            means += ((a[:, start:stop] @ k_rows).to(torch.float64)) @ a.to(torch.float64).T
+        kxx, kyy, kxy = float(means[0, 0]), float(means[1, 1]), float(means[0, 1])
+        mmd2 = kxx + kyy - 2.0 * kxy
+        spread = 1.0 - kxx
+        if mmd2 <= 1e-12:
+            return 0.0
+        if spread <= 1e-12:
+            return math.inf
+        return math.sqrt(mmd2 / spread)
 
     def _statistics(
         self,
@@ -335,32 +552,59 @@ class MMDDetector(Detector, key="mmd"):
         is the ``i``-th ``torch.randperm`` draw from ``generator``, so the result
         does not depend on how permutations are batched.
         """
+        return self._grid_statistics(z, [bandwidth], weights, generator, kernel=kernel)[0]
+
+    def _grid_statistics(
+        self,
+        z: torch.Tensor,
+        bandwidths: Sequence[float],
+        weights: torch.Tensor,
+        generator: torch.Generator,
+        *,
+        kernel: torch.Tensor | None = None,
+        sq: torch.Tensor | None = None,
+    ) -> np.ndarray:
+        """``(G, B + 1)`` MMD²_b, one row per bandwidth, all with the same permutations.
+
+        ``kernel`` (one bandwidth only) is the full kernel matrix, ``sq`` the full
+        squared-distance matrix, when already computed; otherwise rows of
+        distances are computed block by block.
+        """
         total = z.shape[0]
         itemsize = torch.finfo(self.dtype).bits // 8
-        gamma = 1.0 / (2.0 * bandwidth * bandwidth)
+        gammas = [1.0 / (2.0 * bw * bw) for bw in bandwidths]
+        if kernel is not None and len(gammas) != 1:
+            raise ValueError("a precomputed kernel serves one bandwidth only")
         z_sq = (z * z).sum(dim=1)
         rows_per_block = max(1, self.block_bytes // (total * itemsize))
         # A batch, its product with a kernel block and the float64 reduction
         # each take about batch x N x itemsize: keep the three under one block.
         perms_per_batch = max(1, self.block_bytes // (4 * total * itemsize))
 
-        def kernel_rows(start: int, stop: int) -> torch.Tensor:
-            block = _sq_dists(z[start:stop], z, z_sq)
-            return block.mul_(-gamma).exp_()
+        def distance_rows(start: int, stop: int) -> torch.Tensor:
+            if sq is not None:
+                return sq[start:stop]
+            return _sq_dists(z[start:stop], z, z_sq)
 
         n_rows = self.n_permutations + 1
-        # Holding K only pays when it is read more than once (several batches).
+        # Holding K (or the distances) only pays when read more than once (several batches).
         if (
             kernel is None
+            and sq is None
             and n_rows > perms_per_batch
             and total * total * itemsize <= self.max_kernel_bytes
         ):
-            kernel = torch.empty((total, total), dtype=self.dtype, device=self.device)
+            held = torch.empty((total, total), dtype=self.dtype, device=self.device)
             for start in range(0, total, rows_per_block):
                 stop = min(start + rows_per_block, total)
-                kernel[start:stop] = kernel_rows(start, stop)
+                block = _sq_dists(z[start:stop], z, z_sq)
+                held[start:stop] = block.mul_(-gammas[0]).exp_() if len(gammas) == 1 else block
+            if len(gammas) == 1:
+                kernel = held
+            else:
+                sq = held
 
-        out = np.empty(n_rows, dtype=np.float64)
+        out = np.empty((len(gammas), n_rows), dtype=np.float64)
         for b0 in range(0, n_rows, perms_per_batch):
             b1 = min(b0 + perms_per_batch, n_rows)
             rows = [
@@ -368,15 +612,30 @@ class MMDDetector(Detector, key="mmd"):
                 for i in range(b0, b1)
             ]
             a = torch.stack(rows).to(device=self.device, dtype=self.dtype)
-            acc = torch.zeros(b1 - b0, dtype=torch.float64, device=self.device)
+            acc = torch.zeros((len(gammas), b1 - b0), dtype=torch.float64, device=self.device)
             for start in range(0, total, rows_per_block):
                 stop = min(start + rows_per_block, total)
-                k_rows = kernel[start:stop] if kernel is not None else kernel_rows(start, stop)
-                # wᵀ K w = sum over row blocks r of (w[r] @ K[r, :]) · w, for every row of A.
-                partial = a[:, start:stop] @ k_rows
-                acc += partial.mul_(a).sum(dim=1, dtype=torch.float64)
-            out[b0:b1] = acc.cpu().numpy()
+                a_rows = a[:, start:stop]
+                if kernel is not None:
+                    # wᵀ K w = sum over row blocks r of (w[r] @ K[r, :]) · w, per row of A.
+                    acc[0] += (a_rows @ kernel[start:stop]).mul_(a).sum(dim=1, dtype=torch.float64)
+                    continue
+                dist = distance_rows(start, stop)
+                for g, gamma in enumerate(gammas):
+                    if len(gammas) == 1 and sq is None:
+                        k_rows = dist.mul_(-gamma).exp_()  # a fresh block: reuse its memory
+                    else:
+                        k_rows = torch.exp(dist * -gamma)
+                    acc[g] += (a_rows @ k_rows).mul_(a).sum(dim=1, dtype=torch.float64)
+            out[:, b0:b1] = acc.cpu().numpy()
         return out
 
 
-__all__ = ["MMDDetector", "median_bandwidth", "resolve_device"]
+__all__ = [
+    "DEFAULT_BANDWIDTH_FACTORS",
+    "MMDDetector",
+    "aggregate_min_p",
+    "median_bandwidth",
+    "permutation_p_values",
+    "resolve_device",
+]

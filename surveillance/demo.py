@@ -24,20 +24,25 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from connectors import synthetic
-from surveillance.alerts import process_alerts
-from surveillance.config import EXAMPLE_CONFIG, AlertChannelConfig, Settings, load_settings
+from surveillance.analysis.embed import run_bbsd
+from surveillance.analysis.windows import floor_day
+from surveillance.core.config import EXAMPLE_CONFIG, AlertChannelConfig, Settings, load_settings
 from surveillance.demo_artifacts import write_demo_artifacts
-from surveillance.ingest import Ingestor, count_lines
-from surveillance.jobs.checks import run_checks
-from surveillance.jobs.embed import run_bbsd
-from surveillance.jobs.windows import floor_day
-from surveillance.pseudonym import load_pseudonymizer
+from surveillance.incidents.alerts import process_alerts
+from surveillance.intake.ingest import Ingestor, count_lines
+from surveillance.intake.pseudonym import load_pseudonymizer
+from surveillance.outputs.views import (
+    drift_table,
+    incidents_table,
+    performance_table,
+    volumes_table,
+)
+from surveillance.scheduling.checks import run_checks
 from surveillance.store import Store
 from surveillance.store.engine import make_engine
 from surveillance.store.ingest_writer import device_label
 from surveillance.store.migrations import upgrade
 from surveillance.store.types import utcnow
-from surveillance.views import drift_table, incidents_table, performance_table, volumes_table
 
 BROKEN_LINES = (
     '{"kind": "prediction", "message_id": "broken-1", "model": "cxr-pneumothorax"',
@@ -142,9 +147,11 @@ def run_demo(*, out: Path, days: int, seed: int, console: Console) -> None:
     engine = make_engine(settings.service.db_url)
     upgrade(engine)
     store = Store(engine)
-    store.register_models(settings.models, actor="demo")
+    store.registry.register_models(settings.models, actor="demo")
     for site in feed.sites:
-        store.set_site_label(pseudonymizer("institution", site.institution_name), site.name)
+        store.registry.set_site_label(
+            pseudonymizer("institution", site.institution_name), site.name
+        )
 
     events_file = out / "events.jsonl"
     synthetic.write_jsonl(feed, events_file)
@@ -164,7 +171,9 @@ def run_demo(*, out: Path, days: int, seed: int, console: Console) -> None:
             events_file, progress=lambda n: progress.advance(task, n)
         )
         embed = progress.add_task("BBSD embeddings (model outputs)", total=1)
-        run_bbsd(store, store.models())  # the demo has no images; its MMD runs on BBSD vectors
+        run_bbsd(
+            store, store.registry.models()
+        )  # the demo has no images; its MMD runs on BBSD vectors
         progress.advance(embed, 1)
         checks = progress.add_task("drift + performance checks", total=2)
         results = run_checks(
@@ -183,16 +192,16 @@ def run_demo(*, out: Path, days: int, seed: int, console: Console) -> None:
     )
     for result in results:
         model = result.model
-        console.print(volumes_table(store.volumes(model.id)))
+        console.print(volumes_table(store.checks.volumes(model.id)))
         console.print(drift_table(result.drift))
         console.print(performance_table(result.performance))
-    console.print(incidents_table(store.incidents(status="open"), utcnow()))
+    console.print(incidents_table(store.incidents.find(status="open"), utcnow()))
     deliver_demo_alerts(store, settings, console)
-    for letter in store.dead_letters():
+    for letter in store.events.dead_letters():
         console.print(f"[yellow]dead letter[/] {letter.id} ({letter.position}): {letter.reason}")
     for path in write_demo_artifacts(store, settings, out, settings.models[0].name):
         console.print(f"wrote {path}")
-    report = store.verify_audit()
+    report = store.audit.verify()
     console.print(
         f"audit chain: {'intact' if report.ok else 'BROKEN'}, {report.events} events, "
         f"head {report.head_hash}"
@@ -200,7 +209,7 @@ def run_demo(*, out: Path, days: int, seed: int, console: Console) -> None:
 
     caught = [
         i
-        for i in store.incidents(status="open")
+        for i in store.incidents.find(status="open")
         if i.stratum_kind == "scanner" and i.stratum_value == changed
     ]
     if caught:

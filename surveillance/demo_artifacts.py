@@ -12,10 +12,10 @@ import shutil
 from datetime import date
 from pathlib import Path
 
-from surveillance.config import Settings
-from surveillance.errors import UsageError
-from surveillance.exports.article72 import MANIFEST_NAME, export_article72, verify_export
-from surveillance.reports.pms import date_range, write_pms_report
+from surveillance.core.config import Settings
+from surveillance.core.errors import UsageError
+from surveillance.outputs.exports.article72 import MANIFEST_NAME, export_article72, verify_export
+from surveillance.outputs.reports.pms import date_range, write_pms_report
 from surveillance.store import Store
 
 
@@ -29,8 +29,8 @@ def write_demo_artifacts(
     last_day: date | None = None,
 ) -> list[Path]:
     """Write ``out_dir/report/`` and ``out_dir/article72/``; return the main files."""
-    model = store.model(model_name)
-    span = store.prediction_span(model.id)
+    model = store.registry.model(model_name)
+    span = store.checks.prediction_span(model.id)
     if span is None:
         raise UsageError(f"model {model_name!r} has no predictions yet: nothing to report")
     first = first_day or span[0].date()

@@ -86,7 +86,14 @@ def db_url(request: pytest.FixtureRequest) -> str:
 # ---------------------------------------------------------------------------
 # Project fixtures do not go here. Keep this file to the database infrastructure
 # above; put fixtures for one area in that area's own module (e.g.
-# tests/fixtures_kafka.py) and load it from the test modules that need it, or
-# add it to the `pytest_plugins` list below so every test can use it.
+# tests/fixtures_kafka.py) and list the module in `pytest_plugins` below: test
+# modules then just name the fixture as an argument (no imports, no noqa).
 # ---------------------------------------------------------------------------
-pytest_plugins: list[str] = ["fixtures_store"]
+pytest_plugins: list[str] = [
+    "fixtures_store",
+    "fixtures_kafka",
+    "fixtures_dicom",
+    "fixtures_embed",
+    "fixtures_ops",
+    "fixtures_reports",
+]

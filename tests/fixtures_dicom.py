@@ -28,15 +28,12 @@ from sqlalchemy import Engine, MetaData, String, cast, select
 
 from connectors.dicom_header import ALLOWED_KEYWORDS
 from connectors.dicom_scp import StorageReceiver
-from surveillance.config import Settings
-from surveillance.dicom_ingest import DicomIntake
-from surveillance.ingest import Ingestor
-from surveillance.pseudonym import Pseudonymizer
+from surveillance.intake.dicom import DicomIntake
+from surveillance.intake.ingest import Ingestor
+from surveillance.intake.pseudonym import Pseudonymizer
 from surveillance.store import Store
-from surveillance.store.engine import make_engine
-from surveillance.store.migrations import upgrade
 
-#: (pydicom test file, vendor) — uncompressed and compressed, six manufacturers.
+#: (pydicom test file, vendor) — images, uncompressed and compressed, six manufacturers.
 VENDOR_FILES: list[tuple[str, str]] = [
     ("CT_small.dcm", "GE MEDICAL SYSTEMS"),
     ("MR_small.dcm", "TOSHIBA_MEC"),
@@ -44,8 +41,10 @@ VENDOR_FILES: list[tuple[str, str]] = [
     ("examples_palette.dcm", "Philips Medical Systems"),
     ("examples_ybr_color.dcm", "SonoSite, Inc."),  # JPEG Baseline
     ("JPEG2000.dcm", "GE Medical Systems"),  # JPEG 2000
-    ("waveform_ecg.dcm", "Mortara Instrument, Inc."),
 ]
+
+#: A storage SOP class that is not an image (12-lead ECG): refused with 0x0122.
+NON_IMAGE_FILE = "waveform_ecg.dcm"
 
 #: storescu proposes only uncompressed syntaxes unless told which compressed one.
 _STORESCU_SYNTAX_FLAG = {
@@ -165,14 +164,6 @@ def dump_database(engine: Engine) -> list[str]:
     return values
 
 
-@pytest.fixture
-def pg_store(pg_url: str, settings: Settings) -> Iterator[Store]:
-    engine = make_engine(pg_url)
-    upgrade(engine)
-    store = Store(engine)
-    store.register_models(settings.models, actor="test")
-    yield store
-    store.close()
 
 
 @pytest.fixture

@@ -152,4 +152,4 @@ def spool_files(
             for study, path in files
         ]
     )
-    store.write_batch(batch)
+    store.events.write_batch(batch)

@@ -9,7 +9,7 @@ kafka_broker (session)  one tansu broker on a free loopback port, memory storage
 kafka_topics            unique topic names for one test (three topics, like [kafka]),
                         created with 3 partitions for predictions and 1 for the others.
 
-Import it explicitly: ``from fixtures_kafka import kafka_broker, kafka_topics  # noqa: F401``.
+Loaded for every test through ``pytest_plugins`` in conftest.py.
 
 Consumer groups on tansu need ``session_timeout_ms=6000, heartbeat_interval_ms=2000``
 (tansu holds a new member's join for half the session timeout), see

@@ -138,19 +138,6 @@ def smtp_sink() -> Iterator[SmtpSink]:
 # ---- PostgreSQL store -----------------------------------------------------------------
 
 
-@pytest.fixture
-def pg_store(pg_url: str) -> Iterator[Any]:
-    from surveillance.config import EXAMPLE_CONFIG, load_settings
-    from surveillance.store import Store
-    from surveillance.store.engine import make_engine
-    from surveillance.store.migrations import upgrade
-
-    engine = make_engine(pg_url)
-    upgrade(engine)
-    store = Store(engine)
-    store.register_models(load_settings(EXAMPLE_CONFIG, env={}).models, actor="test")
-    yield store
-    store.close()
 
 
 # ---- scheduler subprocess ---------------------------------------------------------------
@@ -175,8 +162,8 @@ def scheduler_main(url: str, interval_s: int, sleep_s: float, out: str) -> None:
     """Run one scheduler replica with the probe job until SIGTERM."""
     import logging
 
-    from surveillance.daemon import Daemon
-    from surveillance.scheduler import JobSpec, SchedulerService
+    from surveillance.scheduling.daemon import Daemon
+    from surveillance.scheduling.scheduler import JobSpec, SchedulerService
     from surveillance.store import Store
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(message)s")

@@ -22,12 +22,12 @@ from pg_server import PostgresServer
 from psycopg import sql
 
 from connectors import synthetic
-from surveillance.config import EXAMPLE_CONFIG, Settings, load_settings
+from surveillance.analysis.windows import floor_day
+from surveillance.core.config import EXAMPLE_CONFIG, Settings, load_settings
 from surveillance.demo import BROKEN_LINES, demo_feed
-from surveillance.ingest import Ingestor
-from surveillance.jobs.checks import run_checks
-from surveillance.jobs.windows import floor_day
-from surveillance.pseudonym import Pseudonymizer
+from surveillance.intake.ingest import Ingestor
+from surveillance.intake.pseudonym import Pseudonymizer
+from surveillance.scheduling.checks import run_checks
 from surveillance.store import Store
 from surveillance.store.engine import make_engine
 from surveillance.store.migrations import upgrade
@@ -76,16 +76,18 @@ def report_demo(
     try:
         upgrade(engine)
         store = Store(engine)
-        store.register_models(settings.models, actor="test")
+        store.registry.register_models(settings.models, actor="test")
         for site in feed.sites:
-            store.set_site_label(pseudonymizer("institution", site.institution_name), site.name)
+            store.registry.set_site_label(
+                pseudonymizer("institution", site.institution_name), site.name
+            )
         events = tmp_path_factory.mktemp("report_demo") / "events.jsonl"
         synthetic.write_jsonl(feed, events)
         with events.open("a") as handle:
             handle.write("\n".join(BROKEN_LINES) + "\n")
         Ingestor(store, pseudonymizer, batch_size=5000).ingest_jsonl(events)
         run_checks(store, settings, as_of=now)
-        span = store.prediction_span(store.model(MODEL).id)
+        span = store.checks.prediction_span(store.registry.model(MODEL).id)
         assert span is not None
     finally:
         engine.dispose()  # a template database must have no open connections

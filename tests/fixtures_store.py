@@ -1,4 +1,8 @@
-"""Fixtures for the store: a migrated database with the example model registered."""
+"""Fixtures for the store: a migrated database with the example model registered.
+
+store (db_url: both backends), pg_store (PostgreSQL only), settings (the example
+config), pseudonymizer, ingestor; plus the helper ``open_incident``.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from surveillance.config import EXAMPLE_CONFIG, Settings, load_settings
-from surveillance.ingest import Ingestor
-from surveillance.pseudonym import Pseudonymizer
+from surveillance.core.config import EXAMPLE_CONFIG, Settings, load_settings
+from surveillance.intake.ingest import Ingestor
+from surveillance.intake.pseudonym import Pseudonymizer
 from surveillance.store import Store
 from surveillance.store.engine import make_engine
 from surveillance.store.migrations import upgrade
@@ -24,7 +28,18 @@ def store(db_url: str, settings: Settings) -> Iterator[Store]:
     engine = make_engine(db_url)
     upgrade(engine)
     store = Store(engine)
-    store.register_models(settings.models, actor="test")
+    store.registry.register_models(settings.models, actor="test")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def pg_store(pg_url: str, settings: Settings) -> Iterator[Store]:
+    """Like ``store``, on PostgreSQL only (tests of PostgreSQL-specific behaviour)."""
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    store = Store(engine)
+    store.registry.register_models(settings.models, actor="test")
     yield store
     store.close()
 
@@ -48,13 +63,13 @@ def open_incident(
     severity: str = "medium",
 ) -> int:
     """Open (through the store, as the policy would) one site incident; returns its id."""
+    from surveillance.incidents.vigilance import VigilanceClass, deadlines
     from surveillance.store import IncidentSignal
     from surveillance.store.types import utcnow
-    from surveillance.vigilance import VigilanceClass, deadlines
 
-    model = store.model("cxr-pneumothorax")
+    model = store.registry.model("cxr-pneumothorax")
     mdr, fda = deadlines(VigilanceClass.ASSESSMENT_PENDING, utcnow())
-    incident, created = store.raise_incident(
+    incident, created = store.incidents.raise_(
         IncidentSignal(
             model_id=model.id,
             signal_kind=signal_kind,

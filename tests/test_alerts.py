@@ -17,20 +17,19 @@ from typing import Any
 
 import pytest
 from cli_runner import run_cli
-from fixtures_ops import HttpReceiver, SmtpSink, http_receiver, pg_store, smtp_sink  # noqa: F401
+from fixtures_ops import HttpReceiver, SmtpSink
 from fixtures_store import open_incident
 
 from connectors import synthetic
-from surveillance.alerts import RetryPolicy, process_alerts
-from surveillance.config import AlertChannelConfig, Settings
+from surveillance.analysis.windows import floor_day
+from surveillance.core.config import AlertChannelConfig, Settings
 from surveillance.demo import demo_feed
-from surveillance.ingest import Ingestor
-from surveillance.jobs.windows import floor_day
-from surveillance.pseudonym import Pseudonymizer
-from surveillance.scheduled_jobs import JobContext, build_jobs
-from surveillance.scheduler import run_once
+from surveillance.incidents.alerts import RetryPolicy, process_alerts
+from surveillance.intake.ingest import Ingestor
+from surveillance.intake.pseudonym import Pseudonymizer
+from surveillance.scheduling.jobs import JobContext, build_jobs
+from surveillance.scheduling.scheduler import run_once
 from surveillance.store import Store
-from surveillance.store.alert_store import deliveries, rearm_deliveries
 from surveillance.store.ingest_writer import device_label
 from surveillance.store.types import utcnow
 
@@ -86,11 +85,11 @@ def _pages(receiver: HttpReceiver, sink: SmtpSink) -> dict[str, Counter[tuple[in
 
 @pytest.mark.postgres
 def test_breach_pages_each_channel_once_and_resolves_once(
-    pg_store: Store,  # noqa: F811
+    pg_store: Store,
     settings: Settings,
     pseudonymizer: Pseudonymizer,
-    http_receiver: HttpReceiver,  # noqa: F811
-    smtp_sink: SmtpSink,  # noqa: F811
+    http_receiver: HttpReceiver,
+    smtp_sink: SmtpSink,
     tmp_path: Path,
 ) -> None:
     store = pg_store
@@ -99,7 +98,9 @@ def test_breach_pages_each_channel_once_and_resolves_once(
     truth = synthetic.ground_truth(feed)
     change = truth["changes"][0]
     for site in feed.sites:
-        store.set_site_label(pseudonymizer("institution", site.institution_name), site.name)
+        store.registry.set_site_label(
+            pseudonymizer("institution", site.institution_name), site.name
+        )
     Ingestor(store, pseudonymizer, batch_size=5000).ingest_events(synthetic.events(feed))
     scanner = next(s for s in truth["scanners"] if s["station"] == change["station"])
     changed = device_label(
@@ -114,7 +115,7 @@ def test_breach_pages_each_channel_once_and_resolves_once(
     context = JobContext(configured, store)
     assert run_once(store, jobs, context, now=now) == ["drift", "performance"]
 
-    incidents = store.incidents(status="open")
+    incidents = store.incidents.find(status="open")
     keys = [(i.signal_kind, i.signal, i.stratum_kind, i.stratum_value) for i in incidents]
     assert len(keys) == len(set(keys)), "an incident key is open twice"
     breach = next(
@@ -159,7 +160,7 @@ def test_breach_pages_each_channel_once_and_resolves_once(
         "drift",
         "performance",
     ]
-    assert {i.id for i in store.incidents(status="open")} == open_ids
+    assert {i.id for i in store.incidents.find(status="open")} == open_ids
     assert _pages(http_receiver, smtp_sink) == pages
     # Alertmanager is refreshed (same labels: it de-duplicates), the others are not
     process_alerts(store, configured, refresh=True)
@@ -169,7 +170,7 @@ def test_breach_pages_each_channel_once_and_resolves_once(
     assert len(http_receiver.at("/hook")) == len(open_ids)
 
     # closing sends one resolve per channel, once
-    store.update_incident(
+    store.incidents.update(
         breach.id,
         actor="eng-bo",
         kind="closed",
@@ -194,16 +195,16 @@ def test_breach_pages_each_channel_once_and_resolves_once(
     resolve_mail = next(m for m in smtp_sink.messages if m["Subject"].startswith("[RESOLVED]"))
     assert resolve_mail["In-Reply-To"] == mail["Message-ID"]
     assert "software rolled back" in resolve_mail.get_payload()
-    log = deliveries(store, limit=1000)
+    log = store.outbox.find(limit=1000)
     assert all(d.status == "delivered" for d in log)
     assert len(log) == 4 * (len(open_ids) + 1)
-    assert store.verify_audit().ok
+    assert store.audit.verify().ok
 
 
 def test_failing_receiver_is_retried_with_backoff_and_logged(
     store: Store,
     settings: Settings,
-    http_receiver: HttpReceiver,  # noqa: F811
+    http_receiver: HttpReceiver,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     incident_id = open_incident(store)
@@ -217,10 +218,10 @@ def test_failing_receiver_is_retried_with_backoff_and_logged(
     policy = RetryPolicy(base_s=10, factor=2, max_delay_s=600, max_attempts=5)
     http_receiver.fail_next(2, status=503)
     t0 = utcnow()
-    with caplog.at_level(logging.WARNING, logger="surveillance.alerts"):
+    with caplog.at_level(logging.WARNING, logger="surveillance.incidents.alerts"):
         first = process_alerts(store, configured, now=t0, policy=policy)
     assert (first.queued, first.delivered, first.retrying) == (1, 0, 1)
-    (d,) = deliveries(store)
+    (d,) = store.outbox.find()
     assert (d.status, d.attempts, d.next_attempt_at) == ("pending", 1, t0 + timedelta(seconds=10))
     assert d.last_error is not None and "HTTP 503" in d.last_error
     assert "failed (attempt 1)" in caplog.text
@@ -229,13 +230,13 @@ def test_failing_receiver_is_retried_with_backoff_and_logged(
         process_alerts(store, configured, now=t0 + timedelta(seconds=5), policy=policy).delivered
         == 0
     )
-    assert deliveries(store)[0].attempts == 1  # not due yet: no attempt
+    assert store.outbox.find()[0].attempts == 1  # not due yet: no attempt
     process_alerts(store, configured, now=t0 + timedelta(seconds=10), policy=policy)
-    (d,) = deliveries(store)
+    (d,) = store.outbox.find()
     assert (d.attempts, d.next_attempt_at) == (2, t0 + timedelta(seconds=30))  # 10 s, then 20 s
     done = process_alerts(store, configured, now=t0 + timedelta(seconds=30), policy=policy)
     assert done.delivered == 1
-    (d,) = deliveries(store)
+    (d,) = store.outbox.find()
     assert (d.status, d.attempts, d.last_error) == ("delivered", 3, None)
     assert [b["incident_id"] for b in http_receiver.at("/hook")] == [incident_id]
     assert (
@@ -250,12 +251,12 @@ def test_failing_receiver_is_retried_with_backoff_and_logged(
     process_alerts(store, configured, now=t1, policy=stubborn)
     report = process_alerts(store, configured, now=t1 + timedelta(seconds=1), policy=stubborn)
     assert report.failed == 1
-    failed = deliveries(store, status="failed")
+    failed = store.outbox.find(status="failed")
     assert [f.incident_id for f in failed] == [second]
     http_receiver.clear_failures()
-    assert rearm_deliveries(store, now=t1 + timedelta(seconds=2), actor="eng-bo") == 1
+    assert store.outbox.rearm(now=t1 + timedelta(seconds=2), actor="eng-bo") == 1
     assert process_alerts(store, configured, now=t1 + timedelta(seconds=2)).delivered == 1
-    assert store.verify_audit().ok
+    assert store.audit.verify().ok
 
 
 def _cli(*args: str, db_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -264,9 +265,9 @@ def _cli(*args: str, db_url: str, cwd: Path) -> subprocess.CompletedProcess[str]
 
 @pytest.mark.postgres
 def test_alert_and_scheduler_commands(
-    pg_store: Store,  # noqa: F811
+    pg_store: Store,
     pg_url: str,
-    http_receiver: HttpReceiver,  # noqa: F811
+    http_receiver: HttpReceiver,
     tmp_path: Path,
 ) -> None:
     config = tmp_path / "surveillance.toml"

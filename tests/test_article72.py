@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fixtures_reports import (  # noqa: F401
-    MODEL,
-    ReportDemo,
-    report_demo,
-    report_demo_clone,
-)
+from fixtures_reports import MODEL, ReportDemo
 from sqlalchemy import update
 
 from surveillance.cli import cli
-from surveillance.exports import ExportRefused, export_article72, validate_document, verify_export
-from surveillance.exports.article72 import load_schema
+from surveillance.outputs.exports import (
+    ExportRefused,
+    export_article72,
+    validate_document,
+    verify_export,
+)
+from surveillance.outputs.exports.article72 import load_schema
 from surveillance.store import Store
 from surveillance.store.models import AuditEventRow
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def clone_store(report_demo_clone: str) -> Iterator[Store]:  # noqa: F811
+def clone_store(report_demo_clone: str) -> Iterator[Store]:
     store = Store.open(report_demo_clone)
     try:
         yield store
@@ -42,15 +42,15 @@ def _period(demo: ReportDemo) -> tuple[date, date]:
 
 def test_export_validates_is_audited_and_tampering_is_detected(
     clone_store: Store,
-    report_demo: ReportDemo,  # noqa: F811
-    report_demo_clone: str,  # noqa: F811
+    report_demo: ReportDemo,
+    report_demo_clone: str,
     tmp_path: Path,
 ) -> None:
     first, last = _period(report_demo)
     key = tmp_path / "sign.key"
     key.write_bytes(b"s" * 48)
     out = tmp_path / "bundle"
-    before = clone_store.verify_audit()
+    before = clone_store.audit.verify()
     bundle = export_article72(
         clone_store, MODEL, first, last, out, settings=report_demo.settings, sign_key=key
     )
@@ -69,12 +69,11 @@ def test_export_validates_is_audited_and_tampering_is_detected(
     assert tables["drift_checks.csv"] == len(drift_rows) - 1 > 100
 
     # audited, with the manifest's hash, and the chain still verifies
-    after = clone_store.verify_audit()
+    after = clone_store.audit.verify()
     assert after.ok and after.events == before.events + 1
-    from surveillance.store.report_store import audit_entries
 
-    last_event = audit_entries(
-        clone_store, report_demo.first_prediction, report_demo.now + timedelta(days=1)
+    last_event = clone_store.reporting.audit_entries(
+        report_demo.first_prediction, report_demo.now + timedelta(days=1)
     )[-1]
     assert last_event.action == "export.article72"
 
@@ -105,7 +104,7 @@ def test_export_validates_is_audited_and_tampering_is_detected(
 
 def test_broken_audit_chain_refuses_the_export(
     clone_store: Store,
-    report_demo: ReportDemo,  # noqa: F811
+    report_demo: ReportDemo,
     tmp_path: Path,
 ) -> None:
     with clone_store.sessions.scope() as s:
@@ -120,7 +119,7 @@ def test_export_refuses_a_non_empty_folder_and_bad_dates(
     clone_store: Store, tmp_path: Path
 ) -> None:
     (tmp_path / "old.csv").write_text("x")
-    from surveillance.errors import UsageError
+    from surveillance.core.errors import UsageError
 
     with pytest.raises(UsageError, match="not empty"):
         export_article72(clone_store, MODEL, date(2026, 1, 1), date(2026, 3, 31), tmp_path)

@@ -10,7 +10,7 @@ from surveillance.store.models import AuditEventRow
 
 def _fill(store: Store, n: int = 5) -> None:
     for i in range(n):
-        store.record_audit(
+        store.audit.record(
             actor="test",
             action="thing.done",
             entity="thing",
@@ -21,7 +21,7 @@ def _fill(store: Store, n: int = 5) -> None:
 
 def test_intact_chain_verifies(store: Store) -> None:
     _fill(store)
-    report = store.verify_audit()
+    report = store.audit.verify()
     assert report.ok, report.problems
     assert report.events >= 5  # model registration events come first
     assert report.head_hash is not None and len(report.head_hash) == 64
@@ -36,7 +36,7 @@ def test_edited_event_is_detected(store: Store) -> None:
             update(AuditEventRow).where(AuditEventRow.id == target.id).values(detail={"i": 999})
         )
         seq = target.seq
-    report = store.verify_audit()
+    report = store.audit.verify()
     assert not report.ok
     assert any(f"seq {seq} " in p and "edited" in p for p in report.problems)
 
@@ -47,7 +47,7 @@ def test_deleted_event_is_detected(store: Store) -> None:
         middle = s.query(AuditEventRow).filter(AuditEventRow.action == "thing.done").all()[2]
         s.execute(delete(AuditEventRow).where(AuditEventRow.id == middle.id))
         seq = middle.seq
-    report = store.verify_audit()
+    report = store.audit.verify()
     assert not report.ok
     assert any(f"{seq}..{seq}" in p for p in report.problems)
 
@@ -62,12 +62,12 @@ def test_model_and_baseline_changes_are_audited(store: Store, settings) -> None:
             ]
         }
     )
-    store.register_models([changed], actor="qm@example.org")
+    store.registry.register_models([changed], actor="qm@example.org")
     with store.sessions.scope() as s:
         actions = [(r.actor, r.action) for r in s.query(AuditEventRow).order_by(AuditEventRow.seq)]
     assert ("test", "model.registered") in actions
     assert ("qm@example.org", "baseline.changed") in actions
     # re-registering the same config changes nothing and audits nothing
-    before = store.verify_audit().events
-    store.register_models([changed], actor="qm@example.org")
-    assert store.verify_audit().events == before
+    before = store.audit.verify().events
+    store.registry.register_models([changed], actor="qm@example.org")
+    assert store.audit.verify().events == before

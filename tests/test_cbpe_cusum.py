@@ -13,11 +13,11 @@ from sklearn.linear_model import LogisticRegression
 from connectors import synthetic
 from detectors.cbpe import ASSUMPTION, estimate_performance
 from detectors.cusum import average_run_length, bernoulli_reference, cusum, decision_interval
-from surveillance.config import Settings
-from surveillance.ingest import Ingestor
-from surveillance.jobs.performance import run_performance
-from surveillance.jobs.windows import floor_day
-from surveillance.pseudonym import Pseudonymizer
+from surveillance.analysis.performance import run_performance
+from surveillance.analysis.windows import floor_day
+from surveillance.core.config import Settings
+from surveillance.intake.ingest import Ingestor
+from surveillance.intake.pseudonym import Pseudonymizer
 from surveillance.store import Store
 from surveillance.store.types import utcnow
 
@@ -147,18 +147,18 @@ def test_performance_job_stores_calibration_cusum_and_estimates(
         days=60, seed=4, start=floor_day(now) - timedelta(days=60), sites=base.sites, changes=()
     )
     Ingestor(store, pseudonymizer, batch_size=5000).ingest_events(synthetic.events(feed))
-    model = store.model("cxr-pneumothorax")
+    model = store.registry.model("cxr-pneumothorax")
     config = settings.performance.model_copy(update={"strata": ["overall", "sex", "age_band"]})
     returned = run_performance(store, model, config, as_of=now)
     assert returned and not any(c.estimated for c in returned)
-    stored = store.performance_checks(model.id)
+    stored = store.checks.performance(model.id)
     kinds = {c.stratum_kind for c in returned}
     assert kinds == {"overall", "sex", "age_band"}
     assert {c.stratum_value for c in returned if c.stratum_kind == "sex"} >= {"F", "M"}
 
     # calibration slope and intercept of the overall labelled window, against sklearn
     ece = next(c for c in returned if c.metric == "ece" and c.stratum_kind == "overall")
-    cases = store.case_table(model.id, "pneumothorax", ece.window_start, ece.window_end)
+    cases = store.checks.case_table(model.id, "pneumothorax", ece.window_start, ece.window_end)
     labelled = cases.label >= 0
     x = logit(np.clip(cases.score[labelled], 1e-6, 1 - 1e-6)).reshape(-1, 1)
     fit = LogisticRegression(C=math.inf, tol=1e-10, max_iter=1000).fit(x, cases.label[labelled])

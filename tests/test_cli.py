@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cli_runner import run_cli
 
-from surveillance.config import EXAMPLE_CONFIG
+from surveillance.core.config import EXAMPLE_CONFIG
 
 
 def surveillance(*args: str, db_url: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from surveillance.config import EXAMPLE_CONFIG, load_settings
-from surveillance.errors import ConfigError, PseudonymKeyError
-from surveillance.pseudonym import Pseudonymizer, generate_key_file, load_pseudonymizer
+from surveillance.core.config import EXAMPLE_CONFIG, load_settings
+from surveillance.core.errors import ConfigError, PseudonymKeyError
+from surveillance.intake.pseudonym import Pseudonymizer, generate_key_file, load_pseudonymizer
 
 
 def test_example_config_is_valid() -> None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from fixtures_dicom import dicom_testfile, storescu
-from fixtures_kafka import Topics, kafka_broker, kafka_topics  # noqa: F401
+from fixtures_kafka import Topics
 from sqlalchemy import func, select
 
 from surveillance.store.engine import make_engine
@@ -33,8 +33,8 @@ def _count(engine, table) -> int:  # type: ignore[no-untyped-def]
 
 def test_daemon_runs_every_connector_at_once(
     pg_url: str,
-    kafka_broker,  # noqa: F811
-    kafka_topics: Topics,  # noqa: F811
+    kafka_broker,
+    kafka_topics: Topics,
     tmp_path: Path,
 ) -> None:
     engine = make_engine(pg_url)

@@ -23,12 +23,7 @@ from typing import Any, ClassVar
 
 import psycopg
 import pytest
-from fixtures_reports import (  # noqa: F401
-    MODEL,
-    ReportDemo,
-    report_demo,
-    report_demo_clone,
-)
+from fixtures_reports import MODEL, ReportDemo
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from sqlalchemy.engine import make_url
 
@@ -151,7 +146,7 @@ def _queries(dashboard: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 @pytest.fixture
-def grafana_conn(report_demo_clone: str) -> Iterator[psycopg.Connection[Any]]:  # noqa: F811
+def grafana_conn(report_demo_clone: str) -> Iterator[psycopg.Connection[Any]]:
     """The demo database with deploy/readonly_role.sql applied, connected as the role."""
     url = make_url(report_demo_clone)
     admin = make_conninfo(
@@ -180,7 +175,7 @@ def test_every_dashboard_is_covered() -> None:
 @pytest.mark.postgres
 def test_every_panel_query_runs_as_the_read_only_role(
     grafana_conn: psycopg.Connection[Any],
-    report_demo: ReportDemo,  # noqa: F811
+    report_demo: ReportDemo,
 ) -> None:
     start = report_demo.first_prediction - timedelta(days=1)
     end = report_demo.now + timedelta(days=1)
@@ -300,7 +295,7 @@ class _FakeGrafana(BaseHTTPRequestHandler):
 
 
 @pytest.mark.postgres
-def test_push_uploads_dashboards_and_annotates_drift_once(report_demo_clone: str) -> None:  # noqa: F811
+def test_push_uploads_dashboards_and_annotates_drift_once(report_demo_clone: str) -> None:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeGrafana)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -330,6 +325,6 @@ def test_push_uploads_dashboards_and_annotates_drift_once(report_demo_clone: str
 def _incident_kinds(url: str) -> list[str]:
     store = Store.open(url)
     try:
-        return [i.signal_kind for i in store.incidents()]
+        return [i.signal_kind for i in store.incidents.find()]
     finally:
         store.close()

@@ -26,7 +26,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 from sqlalchemy import text
 
-from surveillance.pseudonym import generate_key_file
+from surveillance.intake.pseudonym import generate_key_file
 from surveillance.store.engine import make_engine
 from surveillance.store.migrations import upgrade
 

@@ -14,10 +14,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import fixtures_dicom
 import pytest
 from click.testing import CliRunner
 from fixtures_dicom import (
+    NON_IMAGE_FILE,
     VENDOR_FILES,
     dicom_testfile,
     dump_database,
@@ -30,16 +30,16 @@ from pydicom import dcmread
 from sqlalchemy import text
 
 from connectors.dicom_scp import StorageReceiver, server_ssl_context
-from connectors.events import SourcePosition
-from surveillance.dicom_ingest import (
+from surveillance.core.events import SourcePosition
+from surveillance.intake.dicom import (
     REJECTED_FOLDER,
     DicomIntake,
     DropFolderWatcher,
     ingest_paths,
     sweep_spool,
 )
-from surveillance.ingest import Ingestor
-from surveillance.pseudonym import Pseudonymizer, generate_key_file
+from surveillance.intake.ingest import Ingestor
+from surveillance.intake.pseudonym import Pseudonymizer, generate_key_file
 from surveillance.store import Store
 from surveillance.store.engine import make_engine
 from surveillance.store.migrations import upgrade
@@ -47,9 +47,6 @@ from surveillance.store.migrations import upgrade
 pytestmark = pytest.mark.postgres
 
 # The fixtures this module uses (pytest finds them by these module-level names).
-pg_store = fixtures_dicom.pg_store
-dicom_intake = fixtures_dicom.dicom_intake
-receiver = fixtures_dicom.receiver
 
 SPOOL_NAME = re.compile(r"^[0-9a-f]{32}\.dcm$")
 
@@ -115,6 +112,17 @@ def test_storescu_vendors_are_committed_spooled_and_idempotent(
     assert _spool_files(dicom_intake.spool_dir) == names  # the re-sent copies were dropped
 
 
+def test_non_image_sop_class_is_refused_and_not_spooled(
+    receiver: StorageReceiver, dicom_intake: DicomIntake, pg_store: Store
+) -> None:
+    results = storescu(receiver.port, [dicom_testfile(NON_IMAGE_FILE)])
+    assert "Refused: SOPClassNotSupported" in results[0].stderr, results[0].stderr
+    assert receiver.counts.refused_sop_class == 1
+    assert receiver.counts.stored == 0
+    assert _spool_names(pg_store) == set()
+    assert _spool_files(dicom_intake.spool_dir) == set()
+
+
 def test_malformed_headers_are_dead_lettered_and_the_receiver_goes_on(
     receiver: StorageReceiver, dicom_intake: DicomIntake, pg_store: Store, tmp_path: Path
 ) -> None:
@@ -125,7 +133,7 @@ def test_malformed_headers_are_dead_lettered_and_the_receiver_goes_on(
     assert receiver.counts.stored == 2
     output = "".join(r.stderr for r in results)
     assert output.count("Received Store Response (Error: CannotUnderstand)") == 2
-    letters = pg_store.dead_letters()
+    letters = pg_store.events.dead_letters()
     assert len(letters) == 2
     reasons = " | ".join(d.reason for d in letters)
     assert "StudyInstanceUID" in reasons and "PatientSex" in reasons
@@ -226,13 +234,14 @@ def test_folder_ingest_takes_the_same_path(dicom_intake: DicomIntake, tmp_path: 
     broken[1000:] = b"\xff" * (len(broken) - 1000)  # garbage after the file meta
     (drop / "broken.dcm").write_bytes(bytes(broken))
 
+    n = len(vendor_paths())
     (counts,) = ingest_paths(dicom_intake, [drop]).values()
-    assert (counts.stored, counts.duplicate, counts.rejected, counts.not_dicom) == (7, 0, 1, 1)
+    assert (counts.stored, counts.duplicate, counts.rejected, counts.not_dicom) == (n, 0, 1, 1)
     (again,) = ingest_paths(dicom_intake, [drop]).values()
-    assert (again.stored, again.duplicate, again.rejected) == (0, 7, 1)
+    assert (again.stored, again.duplicate, again.rejected) == (0, n, 1)
     names = _spool_names(dicom_intake.store)
-    assert len(names) == 7 and _spool_files(dicom_intake.spool_dir) == names
-    letters = dicom_intake.store.dead_letters()
+    assert len(names) == n and _spool_files(dicom_intake.spool_dir) == names
+    letters = dicom_intake.store.events.dead_letters()
     assert {d.position for d in letters} == {f"file {drop.absolute() / 'broken.dcm'}"}
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_embed import (  # noqa: F401
+from fixtures_embed import (
     REAL_IMAGES,
     Shift,
     acquisition,
@@ -37,24 +37,26 @@ from fixtures_embed import (  # noqa: F401
     real_dataset,
     real_image_files,
     sharpen,
-    spool_dir,
     spool_files,
     write_real,
 )
-from fixtures_store import pseudonymizer, settings, store  # noqa: F401
 from scipy.stats import ks_2samp
 
 from connectors import synthetic
-from connectors.events import DicomMetadataEvent, PredictionEvent
 from detectors import KSDetector, MMDDetector
-from surveillance.config import DriftConfig
-from surveillance.embeddings.backbones import ConvAEBackbone, bbsd_name
-from surveillance.embeddings.decode import decode_for_embedding, square_resize, to_unit_grey
-from surveillance.embeddings.extractor import Extractor
-from surveillance.ingest import Ingestor
-from surveillance.jobs.drift import run_drift
-from surveillance.jobs.embed import run_bbsd, run_embed
-from surveillance.pseudonym import Pseudonymizer
+from surveillance.analysis.drift import run_drift
+from surveillance.analysis.embed import run_bbsd, run_embed
+from surveillance.analysis.embeddings.backbones import ConvAEBackbone, bbsd_name
+from surveillance.analysis.embeddings.decode import (
+    decode_for_embedding,
+    square_resize,
+    to_unit_grey,
+)
+from surveillance.analysis.embeddings.extractor import Extractor
+from surveillance.core.config import DriftConfig
+from surveillance.core.events import DicomMetadataEvent, PredictionEvent
+from surveillance.intake.ingest import Ingestor
+from surveillance.intake.pseudonym import Pseudonymizer
 from surveillance.store import DriftCheck, Store
 from surveillance.store.ingest_writer import device_label
 
@@ -140,16 +142,18 @@ def _checks(checks: list[DriftCheck], signal: str, kind: str) -> dict[str, Drift
 
 
 def test_stratified_embedding_drift_names_the_shifted_scanner(
-    store: Store,  # noqa: F811
-    pseudonymizer: Pseudonymizer,  # noqa: F811
-    spool_dir: Path,  # noqa: F811
+    store: Store,
+    pseudonymizer: Pseudonymizer,
+    spool_dir: Path,
     extractor: Extractor,
 ) -> None:
     feed = _small_feed(days=14)
     changed_site, changed_station = "Northgate", "NGH-DR1"
     change_at = START + timedelta(days=7)
     for site in feed.sites:
-        store.set_site_label(pseudonymizer("institution", site.institution_name), site.name)
+        store.registry.set_site_label(
+            pseudonymizer("institution", site.institution_name), site.name
+        )
     events = list(synthetic.events(feed))
     Ingestor(store, pseudonymizer, batch_size=5000).ingest_events(events)
 
@@ -177,7 +181,7 @@ def test_stratified_embedding_drift_names_the_shifted_scanner(
     report = run_embed(store, extractor, spool_dir)
     assert report.embeddings_new == len(predicted) and report.failed == 0
 
-    (model,) = store.models()
+    (model,) = store.registry.models()
     config = DriftConfig(alpha=0.01, window_days=7, reference_days=7, min_samples=20)
     checks = run_drift(store, model, config, as_of=START + timedelta(days=14))
     scanners = _checks(checks, "embedding:conv-ae", "scanner")
@@ -204,13 +208,13 @@ def test_stratified_embedding_drift_names_the_shifted_scanner(
 
 
 def test_population_shift_is_detected_by_the_drift_job(
-    store: Store,  # noqa: F811
-    pseudonymizer: Pseudonymizer,  # noqa: F811
+    store: Store,
+    pseudonymizer: Pseudonymizer,
 ) -> None:
     change = synthetic.PopulationChange(at_day=14, prevalence=0.45, age_shift=-25.0)
     feed = _small_feed(days=21, population_changes=(change,))
     Ingestor(store, pseudonymizer, batch_size=5000).ingest_events(synthetic.events(feed))
-    (model,) = store.models()
+    (model,) = store.registry.models()
     assert run_bbsd(store, [model]) > 0
     config = DriftConfig(alpha=0.01, window_days=7, reference_days=14, min_samples=30)
     checks = run_drift(store, model, config, as_of=START + timedelta(days=21))
@@ -225,12 +229,12 @@ def test_population_shift_is_detected_by_the_drift_job(
 
 
 def test_too_few_embeddings_is_insufficient_data_not_drift(
-    store: Store,  # noqa: F811
-    pseudonymizer: Pseudonymizer,  # noqa: F811
+    store: Store,
+    pseudonymizer: Pseudonymizer,
 ) -> None:
     feed = _small_feed(days=14)
     Ingestor(store, pseudonymizer, batch_size=5000).ingest_events(synthetic.events(feed))
-    (model,) = store.models()
+    (model,) = store.registry.models()
     run_bbsd(store, [model])
     config = DriftConfig(alpha=0.01, window_days=7, reference_days=7, min_samples=60)
     checks = run_drift(store, model, config, as_of=START + timedelta(days=14))
@@ -326,7 +330,7 @@ def test_alibi_backend_stays_off_the_default_path() -> None:
     probe = textwrap.dedent(
         """
         import importlib.util, sys
-        import detectors, surveillance.jobs.drift, surveillance.jobs.embed, surveillance.cli
+        import detectors, surveillance.analysis.drift, surveillance.analysis.embed, surveillance.cli
         assert "detectors.alibi_backend" not in sys.modules
         assert "alibi_detect" not in sys.modules
         import detectors.alibi_backend

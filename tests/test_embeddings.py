@@ -14,36 +14,28 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from fixtures_embed import (  # noqa: F401
+from fixtures_embed import (
     make_dicom,
-    real_dataset,
     real_image_files,
-    spool_dir,
     spool_files,
 )
-from fixtures_store import settings, store  # noqa: F401  (store needs settings)
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_windowing
 from sqlalchemy import select, text
 
-from surveillance.cli import main
-from surveillance.config import EXAMPLE_CONFIG
-from surveillance.embeddings.backbones import (
+from surveillance.analysis.embed import run_embed, spool_path
+from surveillance.analysis.embeddings.backbones import (
     Backbone,
     ConvAEBackbone,
     create_backbone,
 )
-from surveillance.embeddings.decode import DecodeError, decode_for_embedding
-from surveillance.embeddings.extractor import Extractor
-from surveillance.errors import ConfigError, UsageError
-from surveillance.jobs.embed import run_embed, spool_path
+from surveillance.analysis.embeddings.decode import DecodeError, decode_for_embedding
+from surveillance.analysis.embeddings.extractor import Extractor
+from surveillance.cli import main
+from surveillance.core.config import EXAMPLE_CONFIG
+from surveillance.core.errors import ConfigError, UsageError
 from surveillance.store import Store
-from surveillance.store.embedding_store import (
-    ABANDONED,
-    RETRY_MARKER,
-    claim_spool,
-    spool_status,
-)
+from surveillance.store.embeddings import ABANDONED, RETRY_MARKER
 from surveillance.store.engine import make_engine
 from surveillance.store.models import EmbeddingRow, ImageSpoolRow
 from surveillance.store.types import utcnow
@@ -237,7 +229,7 @@ def _claimed_rows(db: Store) -> dict[int, ImageSpoolRow]:
         return {r.id: r for r in rows}
 
 
-def test_spool_paths_cannot_escape(spool_dir: Path) -> None:  # noqa: F811
+def test_spool_paths_cannot_escape(spool_dir: Path) -> None:
     assert spool_path(spool_dir, "ab12.dcm") == spool_dir / "ab12.dcm"
     assert spool_path(spool_dir, "2026/07/ab12.dcm") == spool_dir / "2026" / "07" / "ab12.dcm"
     for bad in ("../x.dcm", "/etc/passwd", "a/../b", "", ".hidden", "a\\b"):
@@ -246,8 +238,8 @@ def test_spool_paths_cannot_escape(spool_dir: Path) -> None:  # noqa: F811
 
 
 def test_embed_job_writes_rows_deletes_files_and_survives_bad_files(
-    store: Store,  # noqa: F811
-    spool_dir: Path,  # noqa: F811
+    store: Store,
+    spool_dir: Path,
 ) -> None:
     rng = np.random.default_rng(0)
     good = real_image_files(spool_dir, 3, rng)
@@ -270,25 +262,28 @@ def test_embed_job_writes_rows_deletes_files_and_survives_bad_files(
     spool = _claimed_rows(store)
     failed = [r for r in spool.values() if r.error]
     assert len(failed) == 1 and failed[0].embedded_at is None and "DecodeError" in failed[0].error
-    assert spool_status(store).failed == 1
+    assert store.embeddings.spool_status().failed == 1
 
     again = run_embed(store, extractor, spool_dir)  # the bad file is not retried
     assert again.claimed == 0
 
 
 def test_interrupted_claim_is_retried_once_then_abandoned(
-    store: Store,  # noqa: F811
-    spool_dir: Path,  # noqa: F811
+    store: Store,
+    spool_dir: Path,
 ) -> None:
     (path,) = real_image_files(spool_dir, 1, np.random.default_rng(1))
     spool_files(store, [("s" * 64, path)])
-    assert len(claim_spool(store, "dies-1", 10)) == 1
-    assert claim_spool(store, "other", 10) == []  # a live claim is respected
+    assert len(store.embeddings.claim_spool("dies-1", 10)) == 1
+    assert store.embeddings.claim_spool("other", 10) == []  # a live claim is respected
     later = utcnow() + timedelta(seconds=1)
-    assert len(claim_spool(store, "dies-2", 10, stale_before=later)) == 1
+    assert len(store.embeddings.claim_spool("dies-2", 10, stale_before=later)) == 1
     (row,) = _claimed_rows(store).values()
     assert row.error == RETRY_MARKER and row.claimed_by == "dies-2"
-    assert claim_spool(store, "third", 10, stale_before=utcnow() + timedelta(seconds=2)) == []
+    assert (
+        store.embeddings.claim_spool("third", 10, stale_before=utcnow() + timedelta(seconds=2))
+        == []
+    )
     (row,) = _claimed_rows(store).values()
     assert row.error == ABANDONED
 
@@ -312,7 +307,9 @@ def test_skip_locked_claims_never_overlap(pg_url: str) -> None:
             )
             skipped: list[int] = []
             worker = threading.Thread(
-                target=lambda: skipped.extend(c.id for c in claim_spool(second, "skipper", 5))
+                target=lambda: skipped.extend(
+                    c.id for c in second.embeddings.claim_spool("skipper", 5)
+                )
             )
             worker.start()
             worker.join(timeout=20)
@@ -328,7 +325,7 @@ def test_skip_locked_claims_never_overlap(pg_url: str) -> None:
         def claimer(name: str, store_: Store) -> None:
             barrier.wait()
             for _ in range(100):
-                got = claim_spool(store_, name, 7)
+                got = store_.embeddings.claim_spool(name, 7)
                 if not got:
                     return
                 claims[name] += [c.id for c in got]
@@ -366,7 +363,7 @@ def _main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str
 
 def test_cli_embed_run_and_benchmarks(
     tmp_path: Path,
-    spool_dir: Path,  # noqa: F811
+    spool_dir: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     config = tmp_path / "surveillance.toml"
@@ -402,11 +399,11 @@ def test_cli_embed_run_and_benchmarks(
 
 
 def test_scheduled_embedding_job_uses_the_configured_backbone(
-    store: Store,  # noqa: F811
-    spool_dir: Path,  # noqa: F811
-    settings: Any,  # noqa: F811
+    store: Store,
+    spool_dir: Path,
+    settings: Any,
 ) -> None:
-    from surveillance.jobs.embed import run_embedding_job
+    from surveillance.analysis.embed import run_embedding_job
 
     files = real_image_files(spool_dir, 2, np.random.default_rng(3))
     spool_files(store, [(f"study-{i}".ljust(64, "0"), p) for i, p in enumerate(files)])

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select, text
 
-from connectors.events import DicomMetadataEvent, PredictionEvent
 from connectors.records import event_to_jsonl
-from surveillance.ingest import Ingestor
+from surveillance.core.events import DicomMetadataEvent, PredictionEvent
+from surveillance.intake.ingest import Ingestor
 from surveillance.store import Store
 from surveillance.store.models import DeadLetterRow, DiagnosisRow, PredictionRow, StudyRow
 
@@ -52,7 +52,7 @@ def test_valid_lines_are_stored_and_bad_ones_dead_lettered(
     assert counts.predictions_new == 5
     assert counts.dead_letters == len(bad)
     assert _count(store, PredictionRow) == 5
-    letters = store.dead_letters()
+    letters = store.events.dead_letters()
     reasons = " | ".join(d.reason for d in letters)
     assert "not valid JSON" in reasons
     assert "unknown model 'cxr-nope'" in reasons
@@ -120,8 +120,8 @@ def test_metadata_after_prediction_fills_the_same_study(
     counts = ingestor.ingest_jsonl(file)
     assert (counts.predictions_new, counts.diagnoses_new, counts.metadata) == (1, 1, 1)
     assert _count(store, StudyRow) == 1
-    model = store.model("cxr-pneumothorax")
-    cases = store.case_table(model.id, "pneumothorax")
+    model = store.registry.model("cxr-pneumothorax")
+    cases = store.checks.case_table(model.id, "pneumothorax")
     assert len(cases) == 1
     assert cases.label.tolist() == [1]
     assert cases.categorical["software_versions"].tolist() == ["VA10"]
@@ -210,6 +210,6 @@ def test_long_values_fit_and_bad_dates_are_not_echoed(
     with store.sessions.scope() as s:
         stored = s.scalar(select(StudyRow.software_versions))
     assert stored is not None and len(stored) == 128 and stored.startswith("V" * 64 + "\\" + "W")
-    (letter,) = store.dead_letters()
+    (letter,) = store.events.dead_letters()
     assert "PatientBirthDate is not a valid date" in letter.reason
     assert "19610499" not in letter.reason

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures_kafka import KafkaBroker, Topics, kafka_broker, kafka_topics  # noqa: F401
+from fixtures_kafka import KafkaBroker, Topics
 from sqlalchemy import func, select, tuple_
 
 from surveillance.store import Store
@@ -57,8 +57,8 @@ def _consumer(config: Path, env: dict[str, str], *extra: str) -> subprocess.Pope
 def test_kill_9_at_random_points_loses_and_duplicates_nothing(
     store: Store,
     db_url: str,
-    kafka_broker: KafkaBroker,  # noqa: F811
-    kafka_topics: Topics,  # noqa: F811
+    kafka_broker: KafkaBroker,
+    kafka_topics: Topics,
     tmp_path: Path,
 ) -> None:
     t = kafka_topics

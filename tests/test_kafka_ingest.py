@@ -21,19 +21,19 @@ from typing import Any
 import psycopg
 import pytest
 from cli_runner import run_cli
-from fixtures_kafka import GROUP_TIMEOUTS, KafkaBroker, Topics, kafka_broker, kafka_topics  # noqa: F401
+from fixtures_kafka import GROUP_TIMEOUTS, KafkaBroker, Topics
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 from pg_server import PostgresServer
 from sqlalchemy import delete, func, select
 from sqlalchemy.engine import make_url
 
-from connectors.events import DicomMetadataEvent
 from connectors.records import event_to_record
-from surveillance.config import EXAMPLE_CONFIG, ModelConfig, Settings, load_settings
-from surveillance.ingest import Ingestor
-from surveillance.kafka_ingest import KafkaIngestService
-from surveillance.pseudonym import Pseudonymizer
+from surveillance.core.config import EXAMPLE_CONFIG, ModelConfig, Settings, load_settings
+from surveillance.core.events import DicomMetadataEvent
+from surveillance.intake.ingest import Ingestor
+from surveillance.intake.kafka import KafkaIngestService
+from surveillance.intake.pseudonym import Pseudonymizer
 from surveillance.store import Store
 from surveillance.store.models import (
     ConsumerOffsetRow,
@@ -147,8 +147,8 @@ def _cli(
 
 def test_three_topics_into_postgres_with_dead_letters_and_lag(
     store: Store,
-    kafka_broker: KafkaBroker,  # noqa: F811
-    kafka_topics: Topics,  # noqa: F811
+    kafka_broker: KafkaBroker,
+    kafka_topics: Topics,
     db_url: str,
     tmp_path: Path,
 ) -> None:
@@ -173,7 +173,7 @@ def test_three_topics_into_postgres_with_dead_letters_and_lag(
     assert _count(store, DiagnosisRow) == 5
     with store.sessions.scope() as s:
         assert s.scalar(select(func.count()).where(StudyRow.has_metadata)) == 5
-    letters = {d.position: d for d in store.dead_letters()}
+    letters = {d.position: d for d in store.events.dead_letters()}
     expected = {
         f"kafka {t.predictions} partition {p} offset {o}": reason
         for (p, o), reason in zip(positions, bad, strict=True)
@@ -217,8 +217,8 @@ def test_three_topics_into_postgres_with_dead_letters_and_lag(
 
 def test_redelivery_and_restart_follow_postgres_offsets_not_the_broker(
     store: Store,
-    kafka_broker: KafkaBroker,  # noqa: F811
-    kafka_topics: Topics,  # noqa: F811
+    kafka_broker: KafkaBroker,
+    kafka_topics: Topics,
 ) -> None:
     t = kafka_topics
     settings = _settings(kafka_broker, t)
@@ -255,8 +255,8 @@ def test_redelivery_and_restart_follow_postgres_offsets_not_the_broker(
 
 def test_deadletters_replay_after_registering_the_missing_model(
     store: Store,
-    kafka_broker: KafkaBroker,  # noqa: F811
-    kafka_topics: Topics,  # noqa: F811
+    kafka_broker: KafkaBroker,
+    kafka_topics: Topics,
     db_url: str,
     tmp_path: Path,
 ) -> None:
@@ -273,7 +273,7 @@ def test_deadletters_replay_after_registering_the_missing_model(
     )
     _consume(store, _settings(kafka_broker, t))
     assert _count(store, PredictionRow) == 0
-    assert len(store.dead_letters()) == 4
+    assert len(store.events.dead_letters()) == 4
 
     # Still unknown: nothing is replayed, exit 1, each outcome reported.
     result = _cli("deadletters", "replay", "--all", db_url=db_url, tmp_path=tmp_path,
@@ -284,7 +284,7 @@ def test_deadletters_replay_after_registering_the_missing_model(
     assert "payload was not JSON" in result.stdout
 
     base = load_settings(EXAMPLE_CONFIG, env={}).models[0]
-    store.register_models(
+    store.registry.register_models(
         [ModelConfig(**{**base.model_dump(), "name": "cxr-effusion", "baselines": []})],
         actor="test",
     )
@@ -300,10 +300,10 @@ def test_deadletters_replay_after_registering_the_missing_model(
     # The replayed rows carry the same study pseudonyms a direct ingest would have made.
     pseudo = Pseudonymizer(bytes.fromhex(KEY_HEX))
     assert stored == {f"p-{i}": pseudo("study", f"1.2.826.0.1.3680043.8.498.{i}") for i in (1, 2)}
-    pending = store.dead_letters()
+    pending = store.events.dead_letters()
     assert len(pending) == 2 and all(d.replayed_at is None for d in pending)
-    assert len(store.dead_letters(include_replayed=True)) == 4
-    assert store.verify_audit().ok
+    assert len(store.events.dead_letters(include_replayed=True)) == 4
+    assert store.audit.verify().ok
 
     # Replaying an already replayed one is reported, not written again.
     replayed_id = next(i for i, o in outcomes.items() if o["replayed"])
@@ -325,8 +325,8 @@ def test_database_outage_backs_off_and_resumes_without_loss(
     store: Store,
     postgres_server: PostgresServer,
     db_url: str,
-    kafka_broker: KafkaBroker,  # noqa: F811
-    kafka_topics: Topics,  # noqa: F811
+    kafka_broker: KafkaBroker,
+    kafka_topics: Topics,
 ) -> None:
     t = kafka_topics
     kafka_broker.produce(t.predictions, [_prediction(i) for i in range(20)], partitions=3)
@@ -377,7 +377,7 @@ def test_database_outage_backs_off_and_resumes_without_loss(
 def test_bench_ingest_prints_figures_and_cleans_up(
     store: Store,
     db_url: str,
-    kafka_broker: KafkaBroker,  # noqa: F811
+    kafka_broker: KafkaBroker,
     tmp_path: Path,
 ) -> None:
     result = _cli(

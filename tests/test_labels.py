@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from connectors.events import DicomMetadataEvent, PredictionEvent
 from connectors.labels import fhir_records, parse_fhir_record
 from connectors.records import event_to_jsonl
-from surveillance.errors import InvalidRecord, UsageError
-from surveillance.ingest import Ingestor
-from surveillance.label_ingest import ingest_label_file
-from surveillance.pseudonym import Pseudonymizer
+from surveillance.core.errors import InvalidRecord, UsageError
+from surveillance.core.events import DicomMetadataEvent, PredictionEvent
+from surveillance.intake.ingest import Ingestor
+from surveillance.intake.labels import ingest_label_file
+from surveillance.intake.pseudonym import Pseudonymizer
 from surveillance.store import Store
 from surveillance.store.models import DiagnosisRow, StudyRow
 
@@ -65,7 +65,7 @@ def test_csv_rows_are_stored_and_bad_rows_dead_lettered(
         (f"{UID}.2", "pneumothorax"): (False, "pathology"),
         (f"{UID}.7", "pneumothorax"): (True, "follow-up"),
     }
-    letters = {int(d.position.rsplit(" ", 1)[1]): d for d in store.dead_letters()}
+    letters = {int(d.position.rsplit(" ", 1)[1]): d for d in store.events.dead_letters()}
     assert sorted(letters) == [4, 5, 7, 8]
     assert "missing required field 'finding'" in letters[4].reason
     assert "column 'present' is 'maybe'" in letters[5].reason
@@ -132,7 +132,7 @@ def test_diagnosis_before_prediction_and_metadata_joins_later(
     events.write_text(event_to_jsonl(prediction) + "\n" + event_to_jsonl(header) + "\n")
     ingestor.ingest_jsonl(events)
 
-    cases = store.case_table(store.model("cxr-pneumothorax").id, "pneumothorax")
+    cases = store.checks.case_table(store.registry.model("cxr-pneumothorax").id, "pneumothorax")
     assert cases.label.tolist() == [1]
     assert cases.categorical["software_versions"].tolist() == ["VA10"]
     with store.sessions.scope() as s:
@@ -219,7 +219,7 @@ def test_fhir_bundle_maps_reports_to_studies_and_findings(
         message_ids = list(s.scalars(select(DiagnosisRow.message_id)))
     assert confirmed == {datetime(2026, 8, 20, 7, 0, tzinfo=UTC)}
     assert all(m.startswith("fhir:") and "r1" not in m for m in message_ids)
-    letters = {d.position.rsplit("#", 1)[1]: d for d in store.dead_letters()}
+    letters = {d.position.rsplit("#", 1)[1]: d for d in store.events.dead_letters()}
     assert set(letters) == {"entry[6]", "entry[7]"}
     assert letters["entry[6]"].reason == "report status preliminary is not a confirmed diagnosis"
     assert "no imagingStudy reference resolves" in letters["entry[7]"].reason

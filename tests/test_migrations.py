@@ -9,7 +9,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from surveillance.errors import SchemaOutOfDateError
+from surveillance.core.errors import SchemaOutOfDateError
 from surveillance.store.engine import make_engine
 from surveillance.store.migrations import (
     alembic_config,

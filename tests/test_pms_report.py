@@ -11,19 +11,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from fixtures_reports import (  # noqa: F401
-    MODEL,
-    ReportDemo,
-    report_demo,
-    report_demo_url,
-    report_store,
-)
+from fixtures_reports import MODEL, ReportDemo
 from PIL import Image
 
 from surveillance.cli import cli
-from surveillance.errors import UsageError
-from surveillance.reports import parse_period, previous_quarter, write_pms_report
-from surveillance.reports.pms import date_range, deadline_status
+from surveillance.core.errors import UsageError
+from surveillance.outputs.reports import parse_period, previous_quarter, write_pms_report
+from surveillance.outputs.reports.pms import date_range, deadline_status
 from surveillance.store import Store
 
 SECTIONS = (
@@ -40,8 +34,8 @@ SECTIONS = (
 
 @pytest.mark.postgres
 def test_report_html_and_pdf_from_demo_data(
-    report_store: Store,  # noqa: F811
-    report_demo: ReportDemo,  # noqa: F811
+    report_store: Store,
+    report_demo: ReportDemo,
     tmp_path: Path,
 ) -> None:
     period = date_range(report_demo.first_prediction.date(), report_demo.now.date())
@@ -66,7 +60,7 @@ def test_report_html_and_pdf_from_demo_data(
     assert pdf.startswith(b"%PDF-")
     assert len(re.findall(rb"/Type /Page\b", pdf)) >= 5
     # generating a report is audited
-    assert report_store.verify_audit().ok
+    assert report_store.audit.verify().ok
 
     pdftoppm = shutil.which("pdftoppm")
     if pdftoppm is None:
@@ -86,7 +80,7 @@ def test_report_html_and_pdf_from_demo_data(
 
 @pytest.mark.postgres
 def test_report_cli_on_a_quarter_without_data_says_so(
-    report_demo_url: str,  # noqa: F811
+    report_demo_url: str,
     tmp_path: Path,
 ) -> None:
     runner = CliRunner()
@@ -168,8 +162,8 @@ def test_previous_quarter_and_deadlines() -> None:
 
 @pytest.mark.postgres
 def test_evidently_attachment_or_a_clear_note(
-    report_store: Store,  # noqa: F811
-    report_demo: ReportDemo,  # noqa: F811
+    report_store: Store,
+    report_demo: ReportDemo,
     tmp_path: Path,
 ) -> None:
     period = date_range(report_demo.first_prediction.date(), report_demo.now.date())

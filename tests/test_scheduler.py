@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from sqlalchemy import select, text
 
-from surveillance.scheduler import JobSpec, SchedulerService, leader_info
-from surveillance.schedules import fire_times, parse_schedule
+from surveillance.scheduling.scheduler import JobSpec, SchedulerService, leader_info
+from surveillance.scheduling.schedules import fire_times, parse_schedule
 from surveillance.store import Store
 from surveillance.store.engine import make_engine
 from surveillance.store.migrations import upgrade
@@ -138,7 +138,7 @@ def test_standby_takes_over_after_kill_without_skipping_or_doubling(
             s.scalars(select(AuditEventRow.action).where(AuditEventRow.entity_id == str(killed_id)))
         )
     assert {"job_run.abandoned", "job_run.rerun"} <= actions
-    assert migrated.verify_audit().ok
+    assert migrated.audit.verify().ok
 
 
 def _count(store: Store, job_id: str) -> list[tuple[datetime, str]]:
@@ -228,7 +228,7 @@ def test_schedule_strings(spec: str, after: datetime, expected: datetime) -> Non
     ["hourly", "every 0m", "every 5 minutes", "cron 0 6 * *", "cron 61 * * * *", "cron 0 6 * * 8"],
 )
 def test_bad_schedule_strings_are_config_errors(spec: str) -> None:
-    from surveillance.errors import ConfigError
+    from surveillance.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="schedule"):
         parse_schedule(spec)

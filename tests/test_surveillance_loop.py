@@ -8,12 +8,12 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from connectors import synthetic
-from surveillance.config import Settings
+from surveillance.analysis.windows import floor_day
+from surveillance.core.config import Settings
 from surveillance.demo import demo_feed
-from surveillance.ingest import Ingestor
-from surveillance.jobs.checks import run_checks
-from surveillance.jobs.windows import floor_day
-from surveillance.pseudonym import Pseudonymizer
+from surveillance.intake.ingest import Ingestor
+from surveillance.intake.pseudonym import Pseudonymizer
+from surveillance.scheduling.checks import run_checks
 from surveillance.store import Store
 from surveillance.store.ingest_writer import device_label
 from surveillance.store.models import DriftCheckRow, IncidentRow, PerformanceCheckRow
@@ -28,7 +28,9 @@ def test_scanner_update_is_caught_once_and_rerun_is_idempotent(
     truth = synthetic.ground_truth(feed)
     change = truth["changes"][0]
     for site in feed.sites:
-        store.set_site_label(pseudonymizer("institution", site.institution_name), site.name)
+        store.registry.set_site_label(
+            pseudonymizer("institution", site.institution_name), site.name
+        )
     events = tmp_path / "events.jsonl"
     written = synthetic.write_jsonl(feed, events)
     counts = Ingestor(store, pseudonymizer, batch_size=5000).ingest_jsonl(events)
@@ -43,7 +45,7 @@ def test_scanner_update_is_caught_once_and_rerun_is_idempotent(
         pseudonymizer("station", change["station"]),
         change["site"],
     )
-    incidents = store.incidents(status="open")
+    incidents = store.incidents.find(status="open")
     at_changed = {(i.signal_kind, i.signal) for i in incidents if i.stratum_value == changed}
     assert ("performance", "pneumothorax:sensitivity") in at_changed
     assert ("drift", "drift") in at_changed
@@ -63,7 +65,7 @@ def test_scanner_update_is_caught_once_and_rerun_is_idempotent(
     )
     assert breach.mdr_deadline_at is not None
     assert breach.mdr_deadline_at - breach.aware_at <= timedelta(days=15, seconds=1)
-    assert any(e.performance_check_id for e in store.incident(breach.id).events)
+    assert any(e.performance_check_id for e in store.incidents.get(breach.id).events)
 
     def counts_now() -> tuple[int, int, int]:
         with store.sessions.scope() as s:
@@ -76,7 +78,7 @@ def test_scanner_update_is_caught_once_and_rerun_is_idempotent(
     # a later run (new scheduled time, same windows) updates rows and incidents in place
     run_checks(store, settings, as_of=now + timedelta(minutes=5))
     assert counts_now() == before
-    assert store.verify_audit().ok
+    assert store.audit.verify().ok
 
 
 def test_quiet_deployment_opens_no_incident(
@@ -90,5 +92,5 @@ def test_quiet_deployment_opens_no_incident(
     Ingestor(store, pseudonymizer, batch_size=5000).ingest_events(synthetic.events(feed))
     results = run_checks(store, settings, as_of=now)
     assert sum(len(r.drift) for r in results) > 100  # the checks really ran
-    perf = [i for i in store.incidents(status="open") if i.signal_kind == "performance"]
+    perf = [i for i in store.incidents.find(status="open") if i.signal_kind == "performance"]
     assert perf == []

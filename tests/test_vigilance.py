@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
-from fixtures_ops import pg_store  # noqa: F401
 from fixtures_store import open_incident
 from scipy.stats import binom
 from sqlalchemy import update
 
+from surveillance.incidents.trend import assess_trends, trend_test
+from surveillance.incidents.vigilance import VigilanceClass, add_work_days, deadlines
 from surveillance.store import Store
 from surveillance.store.models import IncidentRow
 from surveillance.store.types import utcnow
-from surveillance.trend import assess_trends, trend_test
-from surveillance.vigilance import VigilanceClass, add_work_days, deadlines
 
 THURSDAY = datetime(2026, 11, 26, 14, 30, tzinfo=UTC)
 FRIDAY = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
@@ -66,7 +65,7 @@ def _cli(*args: str, db_url: str, cwd: Path) -> subprocess.CompletedProcess[str]
 
 @pytest.mark.postgres
 def test_assess_and_investigate_commands_change_deadlines_and_timeline(
-    pg_store: Store,  # noqa: F811
+    pg_store: Store,
     pg_url: str,
     tmp_path: Path,
 ) -> None:
@@ -78,7 +77,7 @@ def test_assess_and_investigate_commands_change_deadlines_and_timeline(
         signal="pneumothorax:sensitivity",
         severity="high",
     )
-    aware = store.incident(incident_id).aware_at
+    aware = store.incidents.get(incident_id).aware_at
 
     serious = _cli(
         "incidents", "assess", str(incident_id), "--class", "serious_public_health_threat",
@@ -87,7 +86,7 @@ def test_assess_and_investigate_commands_change_deadlines_and_timeline(
     )  # fmt: skip
     assert serious.returncode == 0, serious.stderr
     assert "EU MDR report due" in serious.stdout and "left" in serious.stdout
-    after = store.incident(incident_id)
+    after = store.incidents.get(incident_id)
     assert after.vigilance_class == "serious_public_health_threat"
     assert after.mdr_deadline_at == aware + timedelta(days=2)
     assert after.fda_deadline_at == add_work_days(aware, 5)
@@ -105,14 +104,14 @@ def test_assess_and_investigate_commands_change_deadlines_and_timeline(
     )  # fmt: skip
     assert cleared.returncode == 0, cleared.stderr
     assert "no reporting deadline" in cleared.stdout
-    assert store.incident(incident_id).mdr_deadline_at is None
+    assert store.incidents.get(incident_id).mdr_deadline_at is None
 
     investigating = _cli(
         "incidents", "investigate", str(incident_id), "--by", "eng-bo",
         db_url=pg_url, cwd=tmp_path,
     )  # fmt: skip
     assert investigating.returncode == 0, investigating.stderr
-    assert store.incident(incident_id).status == "investigating"
+    assert store.incidents.get(incident_id).status == "investigating"
 
     contradictory = _cli(
         "incidents", "assess", str(incident_id), "--class", "not_reportable",
@@ -125,7 +124,7 @@ def test_assess_and_investigate_commands_change_deadlines_and_timeline(
         db_url=pg_url, cwd=tmp_path,
     )  # fmt: skip
     assert missing.returncode == 2 and "does not exist" in missing.stderr
-    assert store.verify_audit().ok
+    assert store.audit.verify().ok
 
 
 def test_trend_test_hand_computed() -> None:

@@ -1,4 +1,8 @@
-"""Persistence: PostgreSQL in production, SQLite for the embedded demo."""
+"""Persistence: PostgreSQL in production, SQLite for the embedded demo.
+
+:class:`Store` composes one repository per area (see :mod:`surveillance.store.facade`);
+callers pass typed drafts and get domain objects (:mod:`surveillance.store.domain`).
+"""
 
 from surveillance.store.domain import (
     AuditReport,
@@ -11,7 +15,8 @@ from surveillance.store.domain import (
     ModelInfo,
     PerformanceCheck,
 )
-from surveillance.store.repository import IncidentSignal, Store
+from surveillance.store.facade import Store
+from surveillance.store.incidents import IncidentSignal
 
 __all__ = [
     "AuditReport",

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from surveillance.store.base import Repository
 from surveillance.store.domain import AuditReport
 from surveillance.store.models import AuditEventRow
 from surveillance.store.types import utcnow
@@ -125,4 +126,27 @@ def verify(session: Session) -> AuditReport:
     )
 
 
-__all__ = ["append", "chain_hash", "verify"]
+class AuditRepository(Repository):
+    """The hash-chained audit log: append an event, verify the chain."""
+
+    def record(
+        self,
+        *,
+        actor: str,
+        action: str,
+        entity: str,
+        entity_id: str | int,
+        detail: dict[str, Any] | None = None,
+    ) -> str:
+        """Append one event in its own transaction; returns the new chain head."""
+        with self._sessions.scope() as s:
+            return append(
+                s, actor=actor, action=action, entity=entity, entity_id=entity_id, detail=detail
+            )
+
+    def verify(self) -> AuditReport:
+        with self._sessions.scope() as s:
+            return verify(s)
+
+
+__all__ = ["AuditRepository", "append", "chain_hash", "verify"]

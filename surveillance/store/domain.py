@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+
+NO_METADATA = "(no metadata yet)"
+CATEGORICAL_FIELDS = ("software_versions", "convolution_kernel", "sex", "age_band", "view_position")
+NUMERIC_FIELDS = ("kvp", "pixel_spacing", "slice_thickness")
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,14 +289,57 @@ class Incident:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
+    """A rejected record as stored: where it came from, why, and whether it was replayed."""
+
     id: int
     source: str
-    position: str
+    locator: str
+    partition: int | None
+    offset: int | None
     kind: str | None
     reason: str
     payload: str | None
     received_at: datetime
     replayed_at: datetime | None
+
+    @property
+    def position(self) -> str:
+        """Readable source position, e.g. ``kafka imaging.predictions partition 0 offset 7``."""
+        parts = [self.source, self.locator]
+        if self.partition is not None:
+            parts.append(f"partition {self.partition}")
+        if self.offset is not None:
+            parts.append(f"{'offset' if self.source == 'kafka' else 'line'} {self.offset}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class JobRun:
+    """One (job id, scheduled time) in the job-run ledger."""
+
+    id: int
+    job_id: str
+    scheduled_for: datetime
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AlertDelivery:
+    """One queued message of an incident on one channel (open page or resolve)."""
+
+    id: int
+    incident_id: int
+    channel: str
+    kind: str
+    status: str
+    attempts: int
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    last_error: str | None
+    payload: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +364,80 @@ class VolumeRow:
     labelled: int
     first_at: datetime | None
     last_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceSet:
+    name: str
+    kind: str
+    period_start: datetime
+    period_end: datetime
+    frozen: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DriftCheckDraft:
+    """A drift check to store; unique per :attr:`KEY` (a re-run refreshes the row)."""
+
+    KEY: ClassVar[tuple[str, ...]] = (
+        "model_id",
+        "detector",
+        "signal",
+        "stratum_kind",
+        "stratum_value",
+        "window_start",
+        "window_end",
+    )
+
+    model_id: int
+    reference_set_id: int | None
+    detector: str
+    signal: str
+    stratum_kind: str
+    stratum_value: str
+    window_start: datetime
+    window_end: datetime
+    status: str
+    statistic: float | None
+    p_value: float | None
+    threshold: float
+    n_reference: int
+    n_window: int
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PerformanceCheckDraft:
+    """A performance check (labelled or estimated) to store; unique per :attr:`KEY`."""
+
+    KEY: ClassVar[tuple[str, ...]] = (
+        "model_id",
+        "finding",
+        "metric",
+        "stratum_kind",
+        "stratum_value",
+        "window_start",
+        "window_end",
+        "estimated",
+    )
+
+    model_id: int
+    finding: str
+    metric: str
+    stratum_kind: str
+    stratum_value: str
+    window_start: datetime
+    window_end: datetime
+    estimated: bool
+    status: str
+    value: float | None
+    ci_lower: float | None
+    ci_upper: float | None
+    n: int
+    labelled_fraction: float | None
+    baseline_value: float | None
+    alert_limit: float | None
+    details: dict[str, Any]
 
 
 __all__ = [

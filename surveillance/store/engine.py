@@ -22,7 +22,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.orm import Session, sessionmaker
 
-from surveillance.errors import (
+from surveillance.core.errors import (
     IntegrityViolation,
     StoreConnectionError,
     StoreError,

@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from surveillance.errors import (
+from surveillance.core.errors import (
     IntegrityViolation,
     StoreError,
     StoreUnavailable,

@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from surveillance.errors import SchemaOutOfDateError
+from surveillance.core.errors import SchemaOutOfDateError
 
 ALEMBIC_DIR = Path(__file__).resolve().parents[2] / "alembic"
 

@@ -30,6 +30,20 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from surveillance.core.statuses import (
+    DeliveryKind,
+    DeliveryStatus,
+    DiagnosisSource,
+    DriftStatus,
+    IncidentStatus,
+    JobRunStatus,
+    PerformanceStatus,
+    ReferenceKind,
+    Severity,
+    SignalKind,
+    VigilanceClass,
+    check_in,
+)
 from surveillance.store.types import JSONDoc, UTCDateTime, utcnow
 
 NAMING_CONVENTION = {
@@ -41,7 +55,6 @@ NAMING_CONVENTION = {
 }
 
 PSEUDONYM = String(64)
-OPEN_INCIDENT_STATUSES = ("open", "acknowledged", "investigating")
 
 
 class Base(DeclarativeBase):
@@ -172,6 +185,7 @@ class DiagnosisRow(Base):
     __table_args__ = (
         UniqueConstraint("message_id", name="uq_diagnosis_message_id"),
         Index("ix_diagnosis_study_finding", "study_id", "finding"),
+        CheckConstraint(check_in("source", DiagnosisSource), name="source_valid"),
     )
     id: Mapped[int] = _id()
     message_id: Mapped[str] = mapped_column(String(256))
@@ -201,7 +215,10 @@ class ReferenceSetRow(Base):
     """The data a window is compared with: a frozen clearance set or a rolling period."""
 
     __tablename__ = "reference_set"
-    __table_args__ = (UniqueConstraint("model_id", "name", name="uq_reference_set_name"),)
+    __table_args__ = (
+        UniqueConstraint("model_id", "name", name="uq_reference_set_name"),
+        CheckConstraint(check_in("kind", ReferenceKind), name="kind_valid"),
+    )
     id: Mapped[int] = _id()
     model_id: Mapped[int] = mapped_column(ForeignKey("model.id"))
     name: Mapped[str] = mapped_column(String(128))
@@ -216,13 +233,18 @@ class JobRunRow(Base):
     """One run of a scheduled job; (job_id, scheduled_for) is unique so none doubles."""
 
     __tablename__ = "job_run"
-    __table_args__ = (UniqueConstraint("job_id", "scheduled_for", name="uq_job_run_key"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "scheduled_for", name="uq_job_run_key"),
+        CheckConstraint(check_in("status", JobRunStatus), name="status_valid"),
+    )
     id: Mapped[int] = _id()
     job_id: Mapped[str] = mapped_column(String(64))
     scheduled_for: Mapped[datetime] = mapped_column()
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column()
-    status: Mapped[str] = mapped_column(String(16), comment="running | succeeded | failed")
+    status: Mapped[str] = mapped_column(
+        String(16), comment="running | succeeded | failed | abandoned"
+    )
     error: Mapped[str | None] = mapped_column(Text)
 
 
@@ -248,6 +270,7 @@ class DriftCheckRow(Base):
             name="uq_drift_check_window",
         ),
         Index("ix_drift_check_model_window", "model_id", "window_end"),
+        CheckConstraint(check_in("status", DriftStatus), name="status_valid"),
     )
     id: Mapped[int] = _id()
     model_id: Mapped[int] = mapped_column(ForeignKey("model.id"))
@@ -286,6 +309,7 @@ class PerformanceCheckRow(Base):
             name="uq_performance_check_window",
         ),
         Index("ix_performance_check_model_window", "model_id", "window_end"),
+        CheckConstraint(check_in("status", PerformanceStatus), name="status_valid"),
     )
     id: Mapped[int] = _id()
     model_id: Mapped[int] = mapped_column(ForeignKey("model.id"))
@@ -323,9 +347,10 @@ class IncidentRow(Base):
             postgresql_where=text("status <> 'closed'"),
             sqlite_where=text("status <> 'closed'"),
         ),
-        CheckConstraint(
-            "status IN ('open', 'acknowledged', 'investigating', 'closed')", name="status_valid"
-        ),
+        CheckConstraint(check_in("status", IncidentStatus), name="status_valid"),
+        CheckConstraint(check_in("severity", Severity), name="severity_valid"),
+        CheckConstraint(check_in("signal_kind", SignalKind), name="signal_kind_valid"),
+        CheckConstraint(check_in("vigilance_class", VigilanceClass), name="vigilance_class_valid"),
     )
     id: Mapped[int] = _id()
     dedup_key: Mapped[str] = mapped_column(String(512))
@@ -375,12 +400,16 @@ class AlertDeliveryRow(Base):
     __tablename__ = "alert_delivery"
     __table_args__ = (
         UniqueConstraint("incident_id", "channel", "kind", name="uq_alert_delivery_key"),
+        CheckConstraint(check_in("status", DeliveryStatus), name="status_valid"),
+        CheckConstraint(check_in("kind", DeliveryKind), name="kind_valid"),
     )
     id: Mapped[int] = _id()
     incident_id: Mapped[int] = mapped_column(ForeignKey("incident.id"))
     channel: Mapped[str] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(16), comment="open | resolve")
-    status: Mapped[str] = mapped_column(String(16), comment="pending | delivered | failed")
+    status: Mapped[str] = mapped_column(
+        String(16), comment="pending | delivered | failed | cancelled"
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime | None] = mapped_column()
     delivered_at: Mapped[datetime | None] = mapped_column()
@@ -477,3 +506,143 @@ class SchedulerJobRow(Base):
     id: Mapped[str] = mapped_column(String(191), primary_key=True)
     next_run_time: Mapped[float | None] = mapped_column(Float(25), index=True)
     job_state: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# ---- column comments -------------------------------------------------------------
+# Every column carries a comment (as MLflow's schema does): inline above where the
+# meaning is specific, here for the rest, so `\d+ table` in psql documents itself.
+_COMMENTS: dict[str, str] = {
+    "*.id": "Surrogate primary key",
+    "*.model_id": "The registered model (model.id)",
+    "*.study_id": "The study (study.id); its identifiers exist only as pseudonyms",
+    "*.site_id": "The site (site.id)",
+    "*.incident_id": "The incident (incident.id)",
+    "*.job_run_id": "The job run that produced this row (job_run.id); NULL when ad hoc",
+    "*.created_at": "When the row was written (UTC)",
+    "*.received_at": "When the row was received (UTC)",
+    "*.ingested_at": "When the row was ingested (UTC)",
+    "*.updated_at": "When the row last changed (UTC)",
+    "*.finding": "Finding name as registered with the model, e.g. pneumothorax",
+    "*.window_start": "Start of the judged window, inclusive (UTC)",
+    "*.window_end": "End of the judged window, exclusive (UTC)",
+    "*.details": "Detector- or metric-specific extras (JSON, no PHI)",
+    "*.ci_lower": "Lower bound of the confidence interval",
+    "*.ci_upper": "Upper bound of the confidence interval",
+    "*.message_id": "Producer's message id: the idempotency key",
+    "*.partition": "Kafka partition (-1 for files)",
+    "apscheduler_jobs.id": "APScheduler job id",
+    "apscheduler_jobs.next_run_time": "Next run as a POSIX timestamp (APScheduler's format)",
+    "apscheduler_jobs.job_state": "Pickled job state (APScheduler's format)",
+    "audit_event.at": "When the action happened (UTC)",
+    "audit_event.actor": "Who acted: --by name, or a service (scheduler, ingest, ...)",
+    "audit_event.action": "What happened, e.g. incident.closed",
+    "audit_event.entity": "Kind of thing acted on, e.g. incident",
+    "audit_event.entity_id": "Id of the thing acted on",
+    "audit_event.detail": "What changed (JSON, no PHI)",
+    "audit_event.prev_hash": "Hash of the previous event (chain link)",
+    "audit_event.hash": "SHA-256 over prev_hash and this row's canonical JSON",
+    "consumer_offset.consumer_group": "Kafka consumer group",
+    "consumer_offset.topic": "Kafka topic",
+    "consumer_offset.next_offset": "Next offset to read, committed with the rows it covers",
+    "dead_letter.source": "kafka | file | dicom | synthetic",
+    "dead_letter.offset": "Kafka offset or file line number (-1 when none)",
+    "dead_letter.kind": "Event kind when known (prediction, dicom-metadata, diagnosis)",
+    "dead_letter.reason": "Why the record was rejected, in words",
+    "dead_letter.payload_sha256": "SHA-256 of the original payload (to match a resend)",
+    "dead_letter.payload_bytes": "Size of the original payload in bytes",
+    "dead_letter.replayed_at": "When the record was replayed successfully (UTC)",
+    "job_run.job_id": "Scheduler job id, e.g. checks or embed",
+    "job_run.scheduled_for": "The scheduled fire time this run stands for (UTC)",
+    "job_run.started_at": "When the run started (UTC)",
+    "job_run.finished_at": "When the run finished (UTC); NULL while running",
+    "job_run.error": "Error of a failed or abandoned run",
+    "model.registered_at": "When the model was first registered (UTC)",
+    "clearance_baseline.finding": "Finding the figure is about",
+    "device.manufacturer": "DICOM Manufacturer",
+    "device.model_name": "DICOM ManufacturerModelName",
+    "incident.dedup_key": "model|kind|signal|stratum: one open incident per key",
+    "incident.signal": "Signal or metric that opened it, e.g. score:pneumothorax or sensitivity",
+    "incident.status": "open | acknowledged | investigating | closed",
+    "incident.title": "One-line title for lists and pages",
+    "incident.opened_at": "When the incident was opened (UTC)",
+    "incident.last_evidence_at": "End of the latest window that supports it (UTC)",
+    "incident.acknowledged_at": "When on-call acknowledged it (UTC)",
+    "incident.acknowledged_by": "Who acknowledged it",
+    "incident.closed_at": "When it was closed (UTC)",
+    "incident.resolution": "What was found and done (free text written by staff, no PHI)",
+    "incident.capa_reference": "CAPA record in the QMS, if any",
+    "incident.remedial_action": "Remedial action needed to prevent harm (FDA 5-day rule)",
+    "incident.reported_at": "When it was reported to an authority (UTC)",
+    "performance_check.metric": "Metric key (surveillance.core.metrics)",
+    "performance_check.value": "Live (or estimated) value in the window",
+    "performance_check.labelled_fraction": "Share of the window's cases with a confirmed label",
+    "performance_check.baseline_value": "Clearance value it is compared with",
+    "performance_check.alert_limit": "Limit that decides a breach",
+    "reference_set.name": "Reference set name, unique per model",
+    "reference_set.period_start": "Start of the reference period (UTC)",
+    "reference_set.period_end": "End of the reference period (UTC)",
+    "reference_set.frozen": "Never changes once created",
+    "alert_delivery.channel": "Configured channel name (webhook, email, alertmanager, ...)",
+    "alert_delivery.attempts": "Attempts so far",
+    "alert_delivery.next_attempt_at": "When the next attempt is due (UTC); NULL when done",
+    "alert_delivery.delivered_at": "When it was delivered (UTC)",
+    "alert_delivery.last_error": "Error of the last failed attempt",
+    "alert_delivery.payload": "Message as sent (JSON, no PHI)",
+    "drift_check.reference_set_id": "Reference set the window was compared with",
+    "drift_check.detector": "Detector key: ks, chi2, mmd, ...",
+    "drift_check.statistic": "Test statistic",
+    "drift_check.p_value": "p-value of the test",
+    "drift_check.threshold": "Significance level the p-value is compared with",
+    "drift_check.n_reference": "Cases in the reference sample",
+    "drift_check.n_window": "Cases in the window",
+    "study.patient_pseudonym": "HMAC of PatientID",
+    "study.accession_pseudonym": "HMAC of AccessionNumber",
+    "study.device_id": "The scanner (device.id)",
+    "study.modality": "DICOM Modality",
+    "study.software_versions": "DICOM SoftwareVersions",
+    "study.convolution_kernel": "DICOM ConvolutionKernel",
+    "study.slice_thickness": "DICOM SliceThickness (mm)",
+    "study.kvp": "DICOM KVP (kV)",
+    "study.pixel_spacing": "DICOM PixelSpacing, row spacing (mm)",
+    "study.magnetic_field_strength": "DICOM MagneticFieldStrength (T)",
+    "study.body_part": "DICOM BodyPartExamined",
+    "study.view_position": "DICOM ViewPosition",
+    "study.sex": "PatientSex (M, F, O)",
+    "study.age_band": "Age band from PatientAge/BirthDate (never the date itself)",
+    "study.has_metadata": "A DICOM header has been received for the study",
+    "diagnosis.present": "Finding confirmed present (true) or absent (false)",
+    "diagnosis.source": "pathology | consensus | report | follow-up",
+    "diagnosis.confirmed_at": "When the diagnosis was confirmed (UTC)",
+    "embedding.extractor": "Extractor key, e.g. conv-ae",
+    "embedding.extractor_version": "Extractor version (weights or seed)",
+    "embedding.dim": "Vector length",
+    "image_spool.size_bytes": "File size in bytes",
+    "image_spool.transfer_syntax": "Transfer syntax UID of the stored file",
+    "image_spool.claimed_by": "Worker that holds the claim",
+    "image_spool.claimed_at": "When the claim was taken (UTC)",
+    "image_spool.embedded_at": "When it was embedded (UTC)",
+    "incident_event.at": "When it happened (UTC)",
+    "incident_event.kind": "opened | evidence | acknowledged | investigating | assessed | closed",
+    "incident_event.actor": "Who acted",
+    "incident_event.note": "Note written by the actor (no PHI)",
+    "incident_event.drift_check_id": "Drift check added as evidence",
+    "incident_event.performance_check_id": "Performance check added as evidence",
+    "prediction.model_version": "Model version that produced the score",
+    "prediction.score": "Score of the finding in [0, 1]",
+    "prediction.predicted_at": "When the model ran (UTC)",
+}
+
+
+def _apply_comments() -> None:
+    for table in Base.metadata.tables.values():
+        for column in table.columns:
+            if column.comment:
+                continue
+            column.comment = _COMMENTS.get(f"{table.name}.{column.name}") or _COMMENTS.get(
+                f"*.{column.name}"
+            )
+            if not column.comment:
+                raise RuntimeError(f"column {table.name}.{column.name} has no comment")
+
+
+_apply_comments()

@@ -1,0 +1,374 @@
+"""The performance job: live performance against the clearance baseline.
+
+Predictions are joined with clinician-confirmed diagnoses, which arrive late. A
+window is judged only once it has matured (its end is at least
+``maturity_days`` before now); windows are laid backwards from that point, so
+the newest judged window always ends at the maturity horizon.
+
+Per finding, window and stratum: sensitivity, specificity, PPV and NPV at the
+model's operating threshold (Wilson intervals), AUROC (DeLong interval) and the
+expected calibration error. Against a baseline's alert limit:
+
+* ``breach``  - the upper confidence bound is below the limit (clearly worse);
+* ``warning`` - the point estimate is below the limit;
+* ``insufficient_data`` - fewer than ``min_samples`` cases in the denominator;
+* ``ok`` otherwise (or when no baseline exists for the metric).
+
+For ECE, where lower is better, the comparisons are mirrored. The ECE row's
+details also carry the calibration slope and intercept (logistic regression of
+the label on logit(score); 1 and 0 when calibrated).
+
+Early warning between windows: a one-sided CUSUM (:mod:`detectors.cusum`, as
+the FDA's AIM-CU tool does) runs over the labelled cases of each stratum in
+time order, on the per-case error of sensitivity (a missed positive) and of
+specificity (a false alarm on a negative), from the clearance value's error
+rate towards the alert limit's. Its state at each window's end sits in the
+``cusum`` entry of the sensitivity and specificity rows' details.
+
+Before labels arrive: for the current, not yet matured window the job stores
+*estimated* rows (``estimated=True``) of sensitivity, specificity, PPV and NPV
+from the scores alone (:mod:`detectors.cbpe`, confidence-based performance
+estimation), judged the same way. They assume calibrated scores, are blind to
+concept shift, and are never evidence for an incident: :func:`run_performance`
+stores them but returns only the labelled checks, which the policy judges.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from detectors import (
+    auroc_delong,
+    binary_metrics,
+    calibration_slope_intercept,
+    expected_calibration_error,
+)
+from detectors.cbpe import estimate_performance
+from detectors.cusum import bernoulli_reference, cusum, decision_interval
+from detectors.performance import Proportion
+from surveillance.analysis.windows import Window, backward_windows, floor_day
+from surveillance.core.config import PerformanceConfig
+from surveillance.core.metrics import metric as metric_info
+from surveillance.core.metrics import metric_keys
+from surveillance.store import CaseTable, ModelInfo, PerformanceCheck, Store
+from surveillance.store.domain import PerformanceCheckDraft
+
+#: Cases of the metric's class (positives for sensitivity) between false alarms
+#: of the CUSUM chart when performance is at its clearance value.
+CUSUM_IN_CONTROL_ARL = 1000.0
+ESTIMATED_METRICS = tuple(k for k in metric_keys() if metric_info(k).estimable)
+
+
+def judge(
+    metric: str,
+    value: float | None,
+    lower: float | None,
+    upper: float | None,
+    n: int,
+    alert_limit: float | None,
+    min_samples: int,
+) -> str:
+    """The status of one metric estimate against its alert limit."""
+    if n < min_samples or value is None or math.isnan(value):
+        return "insufficient_data"
+    if alert_limit is None:
+        return "ok"
+    if not metric_info(metric).higher_is_better:
+        if lower is not None and lower > alert_limit:
+            return "breach"
+        return "warning" if value > alert_limit else "ok"
+    if upper is not None and upper < alert_limit:
+        return "breach"
+    return "warning" if value < alert_limit else "ok"
+
+
+def _none_if_nan(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)
+
+
+def _metric_rows(
+    model: ModelInfo,
+    finding: str,
+    stratum: str,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    settings: PerformanceConfig,
+) -> list[dict[str, Any]]:
+    threshold = model.findings[finding]
+    rows: list[dict[str, Any]] = []
+
+    def add(
+        metric: str,
+        value: float,
+        lower: float | None,
+        upper: float | None,
+        n: int,
+        details: dict[str, Any],
+    ) -> None:
+        baseline = model.baseline(finding, metric, stratum)
+        limit = baseline.alert_limit if baseline else None
+        rows.append(
+            {
+                "metric": metric,
+                "value": _none_if_nan(value),
+                "ci_lower": lower,
+                "ci_upper": upper,
+                "n": n,
+                "baseline_value": baseline.value if baseline else None,
+                "alert_limit": limit,
+                "status": judge(metric, value, lower, upper, n, limit, settings.min_samples),
+                "details": details,
+            }
+        )
+
+    if labels.size == 0:
+        for name in metric_keys():
+            add(name, math.nan, None, None, 0, {"threshold": threshold})
+        return rows
+    m = binary_metrics(labels, scores, threshold, confidence=settings.confidence)
+    counts = {
+        "tp": m.tp,
+        "fp": m.fp,
+        "tn": m.tn,
+        "fn": m.fn,
+        "threshold": threshold,
+        "prevalence": _none_if_nan(m.prevalence),
+    }
+    for name in ("sensitivity", "specificity", "ppv", "npv"):
+        p: Proportion = getattr(m, name)
+        add(name, p.value, p.lower, p.upper, p.trials, counts)
+    both_classes = 0 < m.n_positive < m.n
+    auc = auroc_delong(labels, scores, confidence=settings.confidence) if both_classes else None
+    add(
+        "auroc",
+        auc.value if auc else math.nan,
+        auc.lower if auc else None,
+        auc.upper if auc else None,
+        min(m.n_positive, m.n - m.n_positive),
+        {"n_positive": m.n_positive, "n_negative": m.n - m.n_positive},
+    )
+    slope, intercept = calibration_slope_intercept(labels, scores)
+    add(
+        "ece",
+        expected_calibration_error(labels, scores),
+        None,
+        None,
+        m.n,
+        {
+            "bins": 10,
+            "calibration_slope": _none_if_nan(slope),
+            "calibration_intercept": _none_if_nan(intercept),
+        },
+    )
+    return rows
+
+
+@lru_cache(maxsize=256)
+def _cusum_design(p0: float, p1: float) -> tuple[float, float]:
+    k = bernoulli_reference(p0, p1)
+    return k, decision_interval(p0, k, CUSUM_IN_CONTROL_ARL)
+
+
+def _cusum_state(
+    model: ModelInfo,
+    finding: str,
+    stratum: str,
+    metric: str,
+    errors: np.ndarray,
+    times: np.ndarray,
+    until: np.datetime64,
+) -> dict[str, Any] | None:
+    """CUSUM of ``errors`` (time-ordered) over the cases before ``until``; None if no design.
+
+    The chart looks for the error rate moving from the clearance value's
+    (``1 - baseline``) to the alert limit's (``1 - alert_limit``).
+    """
+    baseline = model.baseline(finding, metric, stratum)
+    if baseline is None:
+        return None
+    p0, p1 = 1.0 - baseline.value, 1.0 - baseline.alert_limit
+    if not 0.0 < p0 < p1 < 1.0:
+        return None
+    k, h = _cusum_design(round(p0, 6), round(p1, 6))
+    upto = int(np.searchsorted(times, until, side="left"))
+    result = cusum(errors[:upto], target=p0, k=k, h=h)
+    alarm_at = (
+        str(np.datetime_as_string(times[result.alarm_index], unit="s")) + "Z"
+        if result.alarm_index is not None
+        else None
+    )
+    return {
+        "error": "missed positive" if metric == "sensitivity" else "false alarm on a negative",
+        "target_error_rate": p0,
+        "shift_to_detect": p1,
+        "k": k,
+        "h": h,
+        "in_control_arl": CUSUM_IN_CONTROL_ARL,
+        "n": result.n,
+        "statistic": result.statistic,
+        "alarm": result.alarmed,
+        "alarm_at": alarm_at,
+    }
+
+
+def _cusum_series(
+    cases: CaseTable, selected: np.ndarray, threshold: float
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-case errors and times (ordered) for the sensitivity and specificity charts."""
+    labelled = selected & (cases.label >= 0)
+    order = np.argsort(cases.predicted_at[labelled], kind="mergesort")
+    label = cases.label[labelled][order]
+    flagged = cases.score[labelled][order] >= threshold
+    times = cases.predicted_at[labelled][order]
+    positives, negatives = label == 1, label == 0
+    return {
+        "sensitivity": ((~flagged[positives]).astype(float), times[positives]),
+        "specificity": (flagged[negatives].astype(float), times[negatives]),
+    }
+
+
+def _estimated_rows(
+    model: ModelInfo,
+    finding: str,
+    stratum: str,
+    scores: np.ndarray,
+    settings: PerformanceConfig,
+) -> list[dict[str, Any]]:
+    """CBPE rows for a window whose labels have not matured (see detectors.cbpe)."""
+    threshold = model.findings[finding]
+    if scores.size == 0:
+        return []
+    estimate = estimate_performance(scores, threshold, confidence=settings.confidence)
+    details = {
+        "method": "CBPE",
+        "assumption": estimate.assumption,
+        "threshold": threshold,
+        "expected_tp": estimate.expected_tp,
+        "expected_fp": estimate.expected_fp,
+        "expected_tn": estimate.expected_tn,
+        "expected_fn": estimate.expected_fn,
+        "expected_prevalence": _none_if_nan(estimate.expected_prevalence),
+        "n_cases": estimate.n,
+    }
+    rows = []
+    for name in ESTIMATED_METRICS:
+        metric = getattr(estimate, name)
+        n = round(metric.expected_denominator)
+        baseline = model.baseline(finding, name, stratum)
+        limit = baseline.alert_limit if baseline else None
+        rows.append(
+            {
+                "metric": name,
+                "value": _none_if_nan(metric.value),
+                "ci_lower": metric.lower,
+                "ci_upper": metric.upper,
+                "n": n,
+                "baseline_value": baseline.value if baseline else None,
+                "alert_limit": limit,
+                "status": judge(
+                    name, metric.value, metric.lower, metric.upper, n, limit, settings.min_samples
+                ),
+                "details": dict(details),
+            }
+        )
+    return rows
+
+
+def _current_window(as_of: datetime, horizon: datetime, days: int) -> Window | None:
+    """The newest window, still maturing: ``days`` ending today (None if all matured)."""
+    today = floor_day(as_of)
+    if today <= horizon:
+        return None
+    return Window(today - timedelta(days=days), today)
+
+
+def run_performance(
+    store: Store,
+    model: ModelInfo,
+    settings: PerformanceConfig,
+    *,
+    as_of: datetime,
+    job_run_id: int | None = None,
+) -> list[PerformanceCheck]:
+    """Judge every matured window and estimate the current one.
+
+    Stores both; returns the labelled (not estimated) checks, the only ones the
+    incident policy may act on. Read the estimates with
+    ``store.performance_checks`` (``estimated=True``).
+    """
+    span = store.checks.prediction_span(model.id)
+    if span is None:
+        return []
+    horizon = floor_day(as_of - timedelta(days=settings.maturity_days))
+    windows = backward_windows(horizon, floor_day(span[0]), settings.window_days)
+    current = _current_window(as_of, horizon, settings.window_days)
+    if not windows and current is None:
+        return []
+    judged: list[tuple[Window, bool]] = [(w, False) for w in windows]
+    if current is not None:
+        judged.append((current, True))
+    first = min(w.start for w, _ in judged)
+    last = max(w.end for w, _ in judged)
+    rows: list[PerformanceCheckDraft] = []
+    for finding in sorted(model.findings):
+        threshold = model.findings[finding]
+        cases = store.checks.case_table(model.id, finding, None, last)
+        in_span = cases.predicted_at >= np.datetime64(first.replace(tzinfo=None), "us")
+        for stratum_kind in settings.strata:
+            strata = cases.stratum(stratum_kind)
+            for value in sorted(set(strata[in_span])):
+                in_stratum = strata == value
+                stratum = "overall" if stratum_kind == "overall" else f"{stratum_kind}={value}"
+                series = _cusum_series(cases, in_stratum, threshold)
+                for window, estimated in judged:
+                    selected = window.mask(cases.predicted_at) & in_stratum
+                    labelled = selected & (cases.label >= 0)
+                    total = int(selected.sum())
+                    if total == 0:
+                        continue
+                    fraction = float(labelled.sum()) / total
+                    if estimated:
+                        metric_rows = _estimated_rows(
+                            model, finding, stratum, cases.score[selected], settings
+                        )
+                    else:
+                        metric_rows = _metric_rows(
+                            model,
+                            finding,
+                            stratum,
+                            cases.label[labelled].astype(int),
+                            cases.score[labelled],
+                            settings,
+                        )
+                    end = np.datetime64(window.end.replace(tzinfo=None), "us")
+                    for row in metric_rows:
+                        if row["metric"] in series:
+                            errors, times = series[row["metric"]]
+                            state = _cusum_state(
+                                model, finding, stratum, row["metric"], errors, times, end
+                            )
+                            if state is not None:
+                                row["details"] = {**row["details"], "cusum": state}
+                        rows.append(
+                            PerformanceCheckDraft(
+                                **row,
+                                model_id=model.id,
+                                finding=finding,
+                                stratum_kind=stratum_kind,
+                                stratum_value=str(value),
+                                window_start=window.start,
+                                window_end=window.end,
+                                estimated=estimated,
+                                labelled_fraction=fraction,
+                            )
+                        )
+    stored = store.checks.save_performance(rows, job_run_id=job_run_id, actor="performance-job")
+    return [c for c in stored if not c.estimated]
+
+
+__all__ = ["CUSUM_IN_CONTROL_ARL", "judge", "run_performance"]

@@ -1,0 +1,362 @@
+"""Events in, pseudonymised rows out: the one path every connector feeds.
+
+``Ingestor`` validates events against the registered models, replaces every
+identifier by its keyed-HMAC pseudonym, and writes batches through
+:meth:`Store.write_batch` (idempotent on message ids). A record that cannot be
+accepted becomes a dead letter with its reason and source position; the rest of
+the stream goes on.
+
+Dead-letter payloads are sanitised before they are stored: identifiers become
+``"pseudonym:<hex>"`` strings (which the ingest path accepts as already
+pseudonymised, so a fixed record can be replayed), DICOM headers keep only the
+allow-listed attributes, and a payload that is not JSON at all is kept only as
+its SHA-256 and size (the original stays at its source position).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, time
+from pathlib import Path
+from typing import Any
+
+from pydicom.datadict import tag_for_keyword
+
+from connectors.dicom_header import ALLOWED_KEYWORDS, IDENTIFIER_KEYWORDS
+from connectors.records import parse_jsonl_line
+from surveillance.core.errors import InvalidRecord, UsageError
+from surveillance.core.events import (
+    DiagnosisEvent,
+    DicomMetadataEvent,
+    Event,
+    PredictionEvent,
+    RawRecord,
+    SourcePosition,
+)
+from surveillance.intake.pseudonym import Pseudonymizer
+from surveillance.store import IngestBatch, IngestCounts, ModelInfo, Store
+from surveillance.store.domain import (
+    DeadLetterRecord,
+    DiagnosisRecord,
+    OffsetRecord,
+    PredictionRecord,
+    StudyMetadataRecord,
+)
+
+PSEUDONYM_PREFIX = "pseudonym:"
+MAX_LINE_BYTES = 1 << 20  # one JSONL event; a DICOM JSON header is far smaller
+UNKNOWN = "(unknown)"
+
+_IDENTIFIER_KIND = {
+    "StudyInstanceUID": "study",
+    "PatientID": "patient",
+    "AccessionNumber": "accession",
+    "StationName": "station",
+    "InstitutionName": "institution",
+}
+_TAG_HEX = {kw: f"{tag_for_keyword(kw):08X}" for kw in (*ALLOWED_KEYWORDS, *IDENTIFIER_KEYWORDS)}
+_KEEP_TAGS = {_TAG_HEX[kw] for kw in ALLOWED_KEYWORDS} | {f"{tag_for_keyword('PatientAge'):08X}"}
+_ID_TAGS = {_TAG_HEX[kw]: _IDENTIFIER_KIND[kw] for kw in IDENTIFIER_KEYWORDS}
+
+
+class Ingestor:
+    """Validates, pseudonymises and writes events in batches."""
+
+    def __init__(self, store: Store, pseudonymizer: Pseudonymizer, batch_size: int = 2000) -> None:
+        if batch_size < 1:
+            raise ValueError(f"'batch_size' must be >= 1, got {batch_size}")
+        self.store = store
+        self.pseudo = pseudonymizer
+        self.batch_size = batch_size
+        self.models: dict[str, ModelInfo] = {}
+        self.refresh_models()
+
+    def refresh_models(self) -> None:
+        self.models = {m.name: m for m in self.store.registry.models()}
+
+    # ---- identifiers --------------------------------------------------------------
+
+    def pseudonym(self, kind: str, value: str) -> str:
+        """HMAC pseudonym of ``value``; values already pseudonymised pass through."""
+        if value.startswith(PSEUDONYM_PREFIX):
+            digest = value[len(PSEUDONYM_PREFIX) :]
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise InvalidRecord(f"{kind} pseudonym {value!r} is not 64 lowercase hex digits")
+            return digest
+        return self.pseudo(kind, value)
+
+    def _optional(self, kind: str, value: str | None) -> str | None:
+        return None if value is None else self.pseudonym(kind, value)
+
+    # ---- events -> records ----------------------------------------------------------
+
+    def add(self, event: Event, batch: IngestBatch) -> None:
+        """Validate ``event`` and append its records to ``batch`` (or raise InvalidRecord)."""
+        if isinstance(event, PredictionEvent):
+            self._add_prediction(event, batch)
+        elif isinstance(event, DiagnosisEvent):
+            batch.diagnoses.append(
+                DiagnosisRecord(
+                    message_id=event.message_id,
+                    study_uid_pseudonym=self.pseudonym("study", event.study_instance_uid),
+                    finding=event.finding,
+                    present=event.present,
+                    source=event.source,
+                    confirmed_at=event.confirmed_at,
+                )
+            )
+        else:
+            batch.metadata.append(self._metadata(event))
+
+    def _add_prediction(self, event: PredictionEvent, batch: IngestBatch) -> None:
+        model = self.models.get(event.model)
+        if model is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise InvalidRecord(
+                f"unknown model {event.model!r} (registered: {known}); "
+                "register it with 'surveillance models load', then replay"
+            )
+        unknown = sorted(set(event.outputs) - set(model.findings))
+        if unknown:
+            raise InvalidRecord(
+                f"model {model.name!r} has no finding {unknown[0]!r} "
+                f"(its findings: {', '.join(sorted(model.findings))})"
+            )
+        study = self.pseudonym("study", event.study_instance_uid)
+        for finding, score in event.outputs.items():
+            batch.predictions.append(
+                PredictionRecord(
+                    message_id=event.message_id,
+                    model_id=model.id,
+                    model_version=event.model_version,
+                    study_uid_pseudonym=study,
+                    finding=finding,
+                    score=score,
+                    predicted_at=event.predicted_at,
+                )
+            )
+
+    def _metadata(self, event: DicomMetadataEvent) -> StudyMetadataRecord:
+        studied_at = (
+            datetime.combine(event.study_date, time(0), tzinfo=UTC) if event.study_date else None
+        )
+        return StudyMetadataRecord(
+            uid_pseudonym=self.pseudonym("study", event.study_instance_uid),
+            patient_pseudonym=self._optional("patient", event.patient_id),
+            accession_pseudonym=self._optional("accession", event.accession_number),
+            site_pseudonym=self.pseudonym("institution", event.institution_name or UNKNOWN),
+            station_pseudonym=self.pseudonym("station", event.station_name or UNKNOWN),
+            manufacturer=event.manufacturer or UNKNOWN,
+            model_name=event.manufacturer_model_name or UNKNOWN,
+            studied_at=studied_at,
+            modality=event.modality,
+            software_versions=event.software_versions,
+            convolution_kernel=event.convolution_kernel,
+            slice_thickness=event.slice_thickness,
+            kvp=event.kvp,
+            pixel_spacing=event.pixel_spacing,
+            magnetic_field_strength=event.magnetic_field_strength,
+            body_part=event.body_part_examined,
+            view_position=event.view_position,
+            sex=event.patient_sex,
+            age_band=event.age_band,
+        )
+
+    # ---- dead letters ---------------------------------------------------------------
+
+    def sanitise(self, data: bytes, kind: str | None) -> str | None:
+        """A privacy-safe copy of a rejected payload, or None if it is not JSON."""
+        try:
+            obj = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not isinstance(obj, dict):
+            return None
+        kind = str(obj.get("kind", kind)) if kind is None else kind
+        if kind in ("prediction", "diagnosis"):
+            allowed = {
+                "prediction": (
+                    "message_id",
+                    "model",
+                    "model_version",
+                    "study_instance_uid",
+                    "outputs",
+                    "predicted_at",
+                ),
+                "diagnosis": (
+                    "message_id",
+                    "study_instance_uid",
+                    "finding",
+                    "present",
+                    "source",
+                    "confirmed_at",
+                ),
+            }[kind]
+            clean: dict[str, Any] = {k: obj[k] for k in allowed if k in obj}
+            uid = clean.get("study_instance_uid")
+            if isinstance(uid, str) and uid and not uid.startswith(PSEUDONYM_PREFIX):
+                clean["study_instance_uid"] = PSEUDONYM_PREFIX + self.pseudo("study", uid)
+            elif uid is not None and not isinstance(uid, str):
+                clean["study_instance_uid"] = None
+        else:
+            clean = {}
+            for tag, element in obj.items():
+                tag_key = str(tag).upper()
+                if tag_key in _KEEP_TAGS:
+                    clean[tag_key] = element
+                elif tag_key in _ID_TAGS and isinstance(element, dict):
+                    values = element.get("Value")
+                    if isinstance(values, list) and values and isinstance(values[0], str):
+                        pseudo = PSEUDONYM_PREFIX + self.pseudo(_ID_TAGS[tag_key], values[0])
+                        clean[tag_key] = {"vr": element.get("vr", "LO"), "Value": [pseudo]}
+        if "kind" in obj and kind is not None:
+            clean = {"kind": kind, **clean}
+        return json.dumps(clean, separators=(",", ":"), default=str)
+
+    def dead_letter(self, raw: RawRecord, reason: str) -> DeadLetterRecord:
+        kind = raw.kind
+        if kind is None:
+            try:
+                obj = json.loads(raw.data)
+                kind = str(obj.get("kind")) if isinstance(obj, dict) and "kind" in obj else None
+            except (ValueError, UnicodeDecodeError):
+                kind = None
+        return DeadLetterRecord(
+            source=raw.position.source,
+            locator=raw.position.locator,
+            partition=-1 if raw.position.partition is None else raw.position.partition,
+            offset=-1 if raw.position.offset is None else raw.position.offset,
+            kind=kind,
+            reason=reason[:2000],
+            payload=self.sanitise(raw.data, kind),
+            payload_sha256=hashlib.sha256(raw.data).hexdigest(),
+            payload_bytes=len(raw.data),
+        )
+
+    # ---- streams --------------------------------------------------------------------
+
+    def ingest_raw(
+        self,
+        records: Iterable[RawRecord],
+        parse: Callable[[RawRecord], Event],
+        progress: Callable[[int], None] | None = None,
+        *,
+        consumer_group: str | None = None,
+    ) -> IngestCounts:
+        """Parse, validate and write ``records`` in batches; bad ones become dead letters.
+
+        With ``consumer_group``, each batch also upserts the next offset of every
+        Kafka (topic, partition) it covers, in the same transaction as its rows.
+        """
+        totals = IngestCounts()
+        batch = IngestBatch()
+        pending = 0
+        next_offsets: dict[tuple[str, int], int] = {}
+
+        def flush() -> IngestCounts:
+            if consumer_group is not None:
+                batch.offsets.extend(
+                    OffsetRecord(consumer_group, topic, partition, offset)
+                    for (topic, partition), offset in sorted(next_offsets.items())
+                )
+                next_offsets.clear()
+            return self.store.events.write_batch(batch)
+
+        for raw in records:
+            position = raw.position
+            if consumer_group is not None and position.partition is not None:
+                key = (position.locator, position.partition)
+                next_offsets[key] = max(next_offsets.get(key, 0), (position.offset or 0) + 1)
+            try:
+                if len(raw.data) > MAX_LINE_BYTES:
+                    raise InvalidRecord(
+                        f"record is {len(raw.data)} bytes; the limit is {MAX_LINE_BYTES}"
+                    )
+                self.add(parse(raw), batch)
+            except InvalidRecord as exc:
+                batch.dead_letters.append(self.dead_letter(raw, exc.reason))
+            pending += 1
+            if len(batch) >= self.batch_size:
+                totals += flush()
+                batch = IngestBatch()
+                if progress is not None:
+                    progress(pending)
+                pending = 0
+        if len(batch) or next_offsets:
+            totals += flush()
+        if progress is not None and pending:
+            progress(pending)
+        return totals
+
+    def ingest_events(
+        self, events: Iterable[Event], progress: Callable[[int], None] | None = None
+    ) -> IngestCounts:
+        """Write already-typed events (the synthetic feed)."""
+        totals = IngestCounts()
+        batch = IngestBatch()
+        for event in events:
+            self.add(event, batch)
+            if len(batch) >= self.batch_size:
+                totals += self.store.events.write_batch(batch)
+                if progress is not None:
+                    progress(len(batch))
+                batch = IngestBatch()
+        if len(batch):
+            totals += self.store.events.write_batch(batch)
+            if progress is not None:
+                progress(len(batch))
+        return totals
+
+    def ingest_jsonl(
+        self, path: Path, progress: Callable[[int], None] | None = None
+    ) -> IngestCounts:
+        """One JSONL event file; line numbers are the dead letters' positions."""
+        counts = self.ingest_raw(
+            read_jsonl(path),
+            lambda raw: parse_jsonl_line(_decode(raw.data), raw.position),
+            progress,
+        )
+        self.store.audit.record(
+            actor="ingest",
+            action="ingest.file",
+            entity="file",
+            entity_id=str(path),
+            detail={
+                "predictions_new": counts.predictions_new,
+                "diagnoses_new": counts.diagnoses_new,
+                "metadata": counts.metadata,
+                "dead_letters": counts.dead_letters,
+            },
+        )
+        return counts
+
+
+def _decode(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRecord(f"not valid UTF-8 at byte {exc.start}") from exc
+
+
+def read_jsonl(path: Path) -> Iterator[RawRecord]:
+    """Non-empty lines of ``path`` with 1-based line numbers as positions."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    locator = str(path.resolve())
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.rstrip(b"\r\n")
+            if line.strip():
+                yield RawRecord(line, SourcePosition("file", locator, None, number))
+
+
+def count_lines(path: Path) -> int:
+    with path.open("rb") as handle:
+        return sum(1 for line in handle if line.strip())
+
+
+__all__ = ["PSEUDONYM_PREFIX", "Ingestor", "RawRecord", "count_lines", "read_jsonl"]

@@ -1,0 +1,525 @@
+"""The Kafka intake: poll the three topics, write batches with their offsets.
+
+:class:`KafkaIngestService` runs one consumer-group member. Its loop polls a
+batch from :class:`connectors.kafka.KafkaSource`, splits it by partition over
+``writers`` writer threads (a partition always goes to the same writer, so its
+batches are written in offset order) and each writer calls
+:meth:`Ingestor.ingest_raw` with the consumer group: rows, dead letters and the
+next offsets commit in one transaction. While one writer waits on PostgreSQL
+the poll thread decodes the next batch, which is where the throughput comes
+from on a small machine.
+
+Failures never end the loop:
+
+* a database error (:class:`~surveillance.core.errors.StoreError`) makes the writer
+  retry the same records with exponential backoff; meanwhile fetching is
+  paused (the consumer keeps its group membership) so memory stays bounded;
+* a Kafka error closes the consumer and opens a new one after a backoff; it
+  seeks to the offsets in the database again.
+
+On a rebalance the revoked partitions' writes in flight are finished before
+another member may start on them. A write that outlives that wait (the
+database is down) is still safe: every batch covers its partition contiguously
+from the last stored offset and writes are idempotent, so a late commit can
+only make a later reader re-read rows it will ignore.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Collection, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from connectors.kafka import KafkaSource, KafkaSourceError, PartitionKey
+from connectors.records import parse_json, parse_jsonl_line
+from surveillance.core.config import Settings
+from surveillance.core.errors import ConfigError, InvalidRecord, StoreError
+from surveillance.core.events import Event, RawRecord
+from surveillance.intake.ingest import Ingestor
+from surveillance.store import IngestBatch, IngestCounts, Store
+from surveillance.store.domain import DeadLetter
+from surveillance.store.types import utcnow
+
+log = logging.getLogger(__name__)
+
+SourceFactory = Callable[["KafkaIngestService"], KafkaSource]
+
+
+def topic_kinds(settings: Settings) -> dict[str, str]:
+    """Topic name -> event kind, from ``[kafka]``."""
+    k = settings.kafka
+    return {
+        k.predictions_topic: "prediction",
+        k.metadata_topic: "dicom-metadata",
+        k.diagnoses_topic: "diagnosis",
+    }
+
+
+def parse_raw(raw: RawRecord) -> Event:
+    """A Kafka record value (its kind known from the topic) -> a typed event."""
+    if raw.kind is None:
+        raise InvalidRecord("record has no kind (topic not configured)")
+    return parse_json(raw.data, raw.kind, raw.position)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionHealth:
+    """Where one assigned partition stands.
+
+    ``stored`` is the next offset stored in the database (None before the
+    first write or lookup), ``end`` the log-end offset last read from the
+    broker, ``lag`` = end - stored (records not yet in the database).
+    """
+
+    topic: str
+    partition: int
+    stored: int | None
+    end: int | None
+    lag: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaHealth:
+    """A snapshot of the consumer for ``surveillance kafka lag`` and the daemon."""
+
+    group: str
+    state: str  # starting | running | paused | backing-off | stopped
+    partitions: tuple[PartitionHealth, ...]
+    records_written: int
+    counts: IngestCounts
+    consecutive_failures: int
+    last_error: str | None
+    last_error_at: datetime | None
+    last_write_at: datetime | None
+
+    @property
+    def total_lag(self) -> int | None:
+        lags = [p.lag for p in self.partitions]
+        return (
+            None
+            if not lags or any(lag is None for lag in lags)
+            else sum(lag for lag in lags if lag is not None)
+        )
+
+
+class _Stopped(Exception):
+    """A writer gave up its batch because the service is stopping."""
+
+
+@dataclass
+class _Lane:
+    """One writer thread; batches of a partition always land on the same lane."""
+
+    executor: ThreadPoolExecutor
+    pending: deque[Future[IngestCounts]] = field(default_factory=deque)
+
+    def prune(self) -> None:
+        while self.pending and self.pending[0].done():
+            self.pending.popleft().result()  # re-raises a writer's unexpected error
+
+
+class KafkaIngestService:
+    """One consumer-group member writing the three topics into the store.
+
+    ``settings.kafka`` gives the bootstrap servers, group and topic names;
+    ``topics``/``group_id`` override them (the ingest benchmark uses its own).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        ingestor: Ingestor,
+        settings: Settings,
+        *,
+        topics: Mapping[str, str] | None = None,
+        group_id: str | None = None,
+        bootstrap: str | None = None,
+        writers: int = 2,
+        max_pending: int = 2,
+        max_records: int = 5000,
+        poll_timeout_ms: int = 500,
+        session_timeout_ms: int = 10000,
+        heartbeat_interval_ms: int = 3000,
+        check_crcs: bool = False,
+        backoff_initial_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        refresh_models_s: float = 60.0,
+        end_offsets_s: float = 5.0,
+        revoke_wait_s: float = 5.0,
+        source_factory: SourceFactory | None = None,
+    ) -> None:
+        if writers < 1 or max_pending < 1:
+            raise ValueError("'writers' and 'max_pending' must be >= 1")
+        self.store = store
+        self.ingestor = ingestor
+        self.topics = dict(topics) if topics is not None else topic_kinds(settings)
+        self.group = group_id or settings.kafka.group_id
+        self.bootstrap = bootstrap or settings.kafka.bootstrap
+        if source_factory is None and not self.bootstrap:
+            raise ConfigError(
+                "no Kafka bootstrap servers: set SURVEILLANCE_KAFKA_BOOTSTRAP or "
+                "[kafka] bootstrap in the configuration file"
+            )
+        self.max_pending = max_pending
+        self.max_records = max_records
+        self.poll_timeout_ms = poll_timeout_ms
+        self.session_timeout_ms = session_timeout_ms
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.check_crcs = check_crcs
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.refresh_models_s = refresh_models_s
+        self.end_offsets_s = end_offsets_s
+        self.revoke_wait_s = revoke_wait_s
+        self._source_factory = source_factory or KafkaIngestService._default_source
+        self._lanes = [
+            _Lane(ThreadPoolExecutor(1, thread_name_prefix=f"kafka-writer-{i}"))
+            for i in range(writers)
+        ]
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._source: KafkaSource | None = None
+        self._state = "starting"
+        self._assigned: set[PartitionKey] = set()
+        self._stored: dict[PartitionKey, int] = {}
+        self._ends: dict[PartitionKey, int] = {}
+        self._records_written = 0
+        self._counts = IngestCounts()
+        self._failures = 0
+        self._last_error: str | None = None
+        self._last_error_at: datetime | None = None
+        self._last_write_at: datetime | None = None
+        self._paused = False
+        self._next_models_refresh = time.monotonic() + refresh_models_s
+        self._next_end_offsets = 0.0
+        self._first_record_at: float | None = None
+
+    # ---- the source ------------------------------------------------------------
+
+    def _default_source(self) -> KafkaSource:
+        assert self.bootstrap is not None
+        return KafkaSource(
+            self.bootstrap,
+            self.group,
+            self.topics,
+            self._lookup_offsets,
+            on_revoke=self._on_revoke,
+            max_records=self.max_records,
+            poll_timeout_ms=self.poll_timeout_ms,
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=self.heartbeat_interval_ms,
+            check_crcs=self.check_crcs,
+        )
+
+    def _lookup_offsets(self, keys: Collection[PartitionKey]) -> dict[PartitionKey, int]:
+        """Called on kafka-python's IO thread when partitions are assigned."""
+        found = self.store.events.offsets(self.group, keys)
+        with self._lock:
+            self._assigned |= set(keys)
+            for key in keys:
+                if key in found:
+                    self._stored[key] = found[key]
+                else:
+                    self._stored.pop(key, None)
+        return found
+
+    def _on_revoke(self, keys: set[PartitionKey]) -> None:
+        """Finish writes in flight before another member may start on ``keys``."""
+        pending = [f for lane in self._lanes for f in lane.pending if not f.done()]
+        if pending:
+            _, late = wait_futures(pending, timeout=self.revoke_wait_s)
+            if late:
+                log.warning(
+                    "kafka: %d write(s) still in flight after a %.0fs wait on revoke of %s",
+                    len(late),
+                    self.revoke_wait_s,
+                    sorted(keys),
+                )
+        if not self._stop.is_set():  # on close, keep the last assignment for health()
+            with self._lock:
+                self._assigned -= keys
+
+    # ---- writing -----------------------------------------------------------------
+
+    def _lane_for(self, key: PartitionKey) -> _Lane:
+        topic_index = sorted(self.topics).index(key[0]) if key[0] in self.topics else 0
+        return self._lanes[(key[1] + topic_index) % len(self._lanes)]
+
+    def _write(self, records: list[RawRecord]) -> IngestCounts:
+        """Runs on a writer thread: retries the same records until they are stored."""
+        delay = self.backoff_initial_s
+        while True:
+            if self._stop.is_set():
+                raise _Stopped
+            try:
+                counts = self.ingestor.ingest_raw(records, parse_raw, consumer_group=self.group)
+            except StoreError as exc:
+                self._failed(f"database: {exc}")
+                if self._stop.wait(delay):
+                    raise _Stopped from exc
+                delay = min(delay * 2, self.backoff_max_s)
+                continue
+            self._written(records, counts)
+            return counts
+
+    def _written(self, records: Sequence[RawRecord], counts: IngestCounts) -> None:
+        with self._lock:
+            for raw in records:
+                p = raw.position
+                if p.partition is not None and p.offset is not None:
+                    key = (p.locator, p.partition)
+                    if p.offset + 1 > self._stored.get(key, -1):
+                        self._stored[key] = p.offset + 1
+            self._records_written += len(records)
+            self._counts += counts
+            self._failures = 0
+            self._last_write_at = utcnow()
+            if self._state == "backing-off":
+                self._state = "running"
+
+    def _failed(self, message: str) -> None:
+        log.warning("kafka intake: %s", message)
+        with self._lock:
+            self._failures += 1
+            self._last_error = message[:500]
+            self._last_error_at = utcnow()
+            self._state = "backing-off"
+
+    def _dispatch(self, records: list[RawRecord]) -> None:
+        by_partition: dict[PartitionKey, list[RawRecord]] = defaultdict(list)
+        for raw in records:
+            by_partition[(raw.position.locator, raw.position.partition or 0)].append(raw)
+        by_lane: dict[int, list[RawRecord]] = defaultdict(list)
+        for key, part in by_partition.items():
+            by_lane[id(self._lane_for(key))].extend(part)
+        for lane in self._lanes:
+            batch = by_lane.get(id(lane))
+            if batch:
+                lane.pending.append(lane.executor.submit(self._write, batch))
+
+    def _backlogged(self) -> bool:
+        for lane in self._lanes:
+            lane.prune()
+        return any(len(lane.pending) >= self.max_pending for lane in self._lanes)
+
+    def pending_writes(self) -> int:
+        for lane in self._lanes:
+            lane.prune()
+        return sum(len(lane.pending) for lane in self._lanes)
+
+    # ---- the loop --------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """One poll: dispatch what came; pause fetching while writers are behind.
+
+        Opens the Kafka source if needed. Raises KafkaSourceError (the caller
+        closes and backs off) and StoreError from the periodic model refresh.
+        """
+        if self._source is None:
+            self._source = self._source_factory(self)
+            self._paused = False
+        source = self._source
+        timeout_ms: int | None = None
+        if self._backlogged():
+            if not self._paused:
+                source.pause()
+                self._paused = True
+            # Wait for a writer, not for the broker: a paused poll would only sleep.
+            oldest = [lane.pending[0] for lane in self._lanes if lane.pending]
+            wait_futures(oldest, timeout=self.poll_timeout_ms / 1000, return_when=FIRST_COMPLETED)
+            timeout_ms = 0  # still poll: it keeps the group membership alive
+        elif self._paused:
+            source.resume()
+            self._paused = False
+        records = source.poll(timeout_ms)
+        if records:
+            if self._first_record_at is None:
+                self._first_record_at = time.monotonic()
+            self._dispatch(records)
+        with self._lock:
+            if self._state in ("starting", "paused", "running"):
+                self._state = "paused" if self._paused else "running"
+        now = time.monotonic()
+        if now >= self._next_end_offsets:
+            self._next_end_offsets = now + self.end_offsets_s
+            self.refresh_end_offsets()
+        if now >= self._next_models_refresh:
+            self._next_models_refresh = now + self.refresh_models_s
+            self.ingestor.refresh_models()  # a model registered since start stops dead-lettering
+        return len(records)
+
+    def refresh_end_offsets(self) -> None:
+        if self._source is None:
+            return
+        with self._lock:
+            assigned = set(self._assigned)
+        try:
+            ends = self._source.end_offsets(assigned)
+        except KafkaSourceError as exc:
+            log.info("kafka: %s", exc)
+            return
+        with self._lock:
+            self._ends.update(ends)
+
+    def run(self, stop: threading.Event | None = None, *, until_caught_up: bool = False) -> None:
+        """Consume until ``stop`` is set (or, with ``until_caught_up``, no lag is left)."""
+        stop = stop or threading.Event()
+        delay = self.backoff_initial_s
+        try:
+            while not stop.is_set() and not self._stop.is_set():
+                try:
+                    polled = self.run_once()
+                    delay = self.backoff_initial_s
+                except (KafkaSourceError, StoreError) as exc:
+                    self._failed(
+                        f"{'kafka' if isinstance(exc, KafkaSourceError) else 'database'}: {exc}"
+                    )
+                    if isinstance(exc, KafkaSourceError):
+                        self._close_source()
+                    if stop.wait(delay):
+                        break
+                    delay = min(delay * 2, self.backoff_max_s)
+                    continue
+                if until_caught_up and not polled and self.caught_up():
+                    break
+        finally:
+            self.close()
+
+    def caught_up(self) -> bool:
+        """Every assigned partition stored up to the log end, nothing in flight."""
+        if self.pending_writes():
+            return False
+        self.refresh_end_offsets()
+        with self._lock:
+            if not self._assigned:
+                return False
+            return all(
+                self._stored.get(key, 0) >= self._ends.get(key, 1 << 62) for key in self._assigned
+            )
+
+    def _close_source(self, *, forget_assignment: bool = True) -> None:
+        if self._source is not None:
+            source, self._source = self._source, None
+            source.close()
+        if forget_assignment:  # a new source re-reads the stored offsets on assignment
+            with self._lock:
+                self._assigned.clear()
+
+    def close(self, wait_s: float = 30.0) -> None:
+        """Finish writes in flight (bounded), then leave the group."""
+        pending = [f for lane in self._lanes for f in lane.pending if not f.done()]
+        if pending:
+            wait_futures(pending, timeout=wait_s)
+        self._stop.set()
+        self.refresh_end_offsets()  # final lag figures for health()
+        self._close_source(forget_assignment=False)
+        for lane in self._lanes:
+            lane.executor.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            self._state = "stopped"
+
+    # ---- figures ---------------------------------------------------------------------
+
+    @property
+    def first_record_at(self) -> float | None:
+        """``time.monotonic()`` when the first record arrived (for the benchmark)."""
+        return self._first_record_at
+
+    def health(self) -> KafkaHealth:
+        with self._lock:
+            partitions = tuple(
+                PartitionHealth(
+                    topic=t,
+                    partition=p,
+                    stored=self._stored.get((t, p)),
+                    end=self._ends.get((t, p)),
+                    lag=None
+                    if (t, p) not in self._ends
+                    else max(self._ends[(t, p)] - self._stored.get((t, p), 0), 0),
+                )
+                for t, p in sorted(self._assigned)
+            )
+            return KafkaHealth(
+                group=self.group,
+                state=self._state,
+                partitions=partitions,
+                records_written=self._records_written,
+                counts=self._counts,
+                consecutive_failures=self._failures,
+                last_error=self._last_error,
+                last_error_at=self._last_error_at,
+                last_write_at=self._last_write_at,
+            )
+
+
+# ---- dead-letter replay -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOutcome:
+    """What replaying one dead letter did."""
+
+    id: int
+    replayed: bool
+    detail: str
+    counts: IngestCounts | None = None
+
+
+def _replay_event(entry: DeadLetter) -> Event:
+    if entry.payload is None:
+        raise InvalidRecord(
+            "payload was not JSON, so only its SHA-256 was kept; re-send it from "
+            f"its source ({entry.source} {entry.locator})"
+        )
+    if entry.source != "kafka" and '"kind"' in entry.payload:
+        return parse_jsonl_line(entry.payload)
+    if entry.kind is None:
+        raise InvalidRecord("the dead letter has no kind; cannot tell which topic it came from")
+    return parse_json(entry.payload, entry.kind)
+
+
+def replay(
+    store: Store, ingestor: Ingestor, entries: Sequence[DeadLetter], *, actor: str
+) -> list[ReplayOutcome]:
+    """Re-parse each dead letter's sanitised payload through the normal ingest path.
+
+    A dead letter is marked replayed (in the same transaction as its rows) only
+    if it is now valid; otherwise its outcome says why it still fails.
+    """
+    ingestor.refresh_models()
+    outcomes: list[ReplayOutcome] = []
+    for entry in entries:
+        if entry.replayed_at is not None:
+            outcomes.append(ReplayOutcome(entry.id, False, "already replayed"))
+            continue
+        batch = IngestBatch()
+        try:
+            ingestor.add(_replay_event(entry), batch)
+        except InvalidRecord as exc:
+            outcomes.append(ReplayOutcome(entry.id, False, f"still invalid: {exc.reason}"))
+            continue
+        counts = store.events.replay_dead_letter(entry.id, batch, actor=actor)
+        written = (
+            f"{counts.predictions_new} prediction row(s) new, {counts.predictions_duplicate} "
+            f"already stored, {counts.metadata} header(s), {counts.diagnoses_new} diagnosis "
+            f"row(s) new, {counts.diagnoses_duplicate} already stored"
+        )
+        outcomes.append(ReplayOutcome(entry.id, True, f"replayed: {written}", counts))
+    return outcomes
+
+
+__all__ = [
+    "KafkaHealth",
+    "KafkaIngestService",
+    "PartitionHealth",
+    "ReplayOutcome",
+    "parse_raw",
+    "replay",
+    "topic_kinds",
+]

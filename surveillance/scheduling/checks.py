@@ -1,0 +1,92 @@
+"""Run drift and performance checks for one or all models, then the policy.
+
+Each job run is recorded by (job id, scheduled time) before it starts, so the
+scheduler (and a person running ``surveillance check``) can never run the same
+window twice; a run that raises is recorded as failed with its error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
+from typing import TypeVar
+
+from surveillance.analysis.drift import run_drift
+from surveillance.analysis.performance import run_performance
+from surveillance.core.config import Settings
+from surveillance.incidents.policy import PolicyOutcome, apply_policy
+from surveillance.store import DriftCheck, ModelInfo, PerformanceCheck, Store
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCheckResult:
+    model: ModelInfo
+    drift: tuple[DriftCheck, ...]
+    performance: tuple[PerformanceCheck, ...]
+    policy: PolicyOutcome
+
+
+def _recorded(
+    store: Store, job_id: str, as_of: datetime, work: Callable[[int], list[T]]
+) -> list[T]:
+    run_id = store.ledger.claim(job_id, as_of)
+    if run_id is None:
+        return []  # already ran for this scheduled time
+    try:
+        result = work(run_id)
+    except Exception as exc:
+        store.ledger.finish(run_id, error=f"{type(exc).__name__}: {exc}")
+        raise
+    store.ledger.finish(run_id)
+    return result
+
+
+def _drift_job(
+    store: Store, model: ModelInfo, settings: Settings, as_of: datetime, run_id: int
+) -> list[DriftCheck]:
+    return run_drift(store, model, settings.drift, as_of=as_of, job_run_id=run_id)
+
+
+def _performance_job(
+    store: Store, model: ModelInfo, settings: Settings, as_of: datetime, run_id: int
+) -> list[PerformanceCheck]:
+    return run_performance(store, model, settings.performance, as_of=as_of, job_run_id=run_id)
+
+
+def run_checks(
+    store: Store,
+    settings: Settings,
+    *,
+    as_of: datetime,
+    model_name: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> list[ModelCheckResult]:
+    models = [store.registry.model(model_name)] if model_name else store.registry.models()
+    results = []
+    for model in models:
+        if progress:
+            progress(f"drift checks for {model.name}")
+        drift: list[DriftCheck] = _recorded(
+            store,
+            f"drift:{model.name}",
+            as_of,
+            partial(_drift_job, store, model, settings, as_of),
+        )
+        if progress:
+            progress(f"performance checks for {model.name}")
+        performance: list[PerformanceCheck] = _recorded(
+            store,
+            f"performance:{model.name}",
+            as_of,
+            partial(_performance_job, store, model, settings, as_of),
+        )
+        outcome = apply_policy(store, model, drift, performance, settings.drift, now=as_of)
+        results.append(ModelCheckResult(model, tuple(drift), tuple(performance), outcome))
+    return results
+
+
+__all__ = ["ModelCheckResult", "run_checks"]

@@ -1,0 +1,281 @@
+"""Drift and performance checks: what the jobs read (cases, volumes) and what they judged."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import func, select
+
+from surveillance.store import audit
+from surveillance.store.base import Repository
+from surveillance.store.convert import drift_check, performance_check
+from surveillance.store.domain import (
+    CATEGORICAL_FIELDS,
+    NO_METADATA,
+    NUMERIC_FIELDS,
+    CaseTable,
+    DriftCheck,
+    DriftCheckDraft,
+    PerformanceCheck,
+    PerformanceCheckDraft,
+    VolumeRow,
+)
+from surveillance.store.ingest_writer import _insert
+from surveillance.store.models import (
+    DeviceRow,
+    DiagnosisRow,
+    DriftCheckRow,
+    ModelRow,
+    PerformanceCheckRow,
+    PredictionRow,
+    SiteRow,
+    StudyRow,
+)
+from surveillance.store.types import utcnow
+
+
+class ChecksRepository(Repository):
+    """Inputs of the checks and their stored outcomes."""
+
+    def prediction_span(self, model_id: int) -> tuple[datetime, datetime] | None:
+        with self._sessions.scope() as s:
+            first, last = s.execute(
+                select(
+                    func.min(PredictionRow.predicted_at), func.max(PredictionRow.predicted_at)
+                ).where(PredictionRow.model_id == model_id)
+            ).one()
+        if first is None or last is None:
+            return None
+        return first, last
+
+    def case_table(
+        self,
+        model_id: int,
+        finding: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> CaseTable:
+        """Predictions for one finding in [start, end), with metadata and latest labels."""
+        stmt = (
+            select(
+                PredictionRow.study_id,
+                PredictionRow.score,
+                PredictionRow.predicted_at,
+                SiteRow.label,
+                DeviceRow.label,
+                *(getattr(StudyRow, f) for f in CATEGORICAL_FIELDS),
+                *(getattr(StudyRow, f) for f in NUMERIC_FIELDS),
+            )
+            .join(StudyRow, StudyRow.id == PredictionRow.study_id)
+            .outerjoin(SiteRow, SiteRow.id == StudyRow.site_id)
+            .outerjoin(DeviceRow, DeviceRow.id == StudyRow.device_id)
+            .where(PredictionRow.model_id == model_id, PredictionRow.finding == finding)
+            .order_by(PredictionRow.predicted_at)
+        )
+        in_range = [PredictionRow.model_id == model_id, PredictionRow.finding == finding]
+        if start is not None:
+            in_range.append(PredictionRow.predicted_at >= start)
+        if end is not None:
+            in_range.append(PredictionRow.predicted_at < end)
+        stmt = stmt.where(*in_range)
+        with self._sessions.scope() as s:
+            rows = s.execute(stmt).all()
+            labels: dict[int, tuple[bool, datetime]] = {}
+            dx = s.execute(  # only the labels of the studies selected above
+                select(DiagnosisRow.study_id, DiagnosisRow.present, DiagnosisRow.confirmed_at)
+                .where(
+                    DiagnosisRow.finding == finding,
+                    DiagnosisRow.study_id.in_(select(PredictionRow.study_id).where(*in_range)),
+                )
+                .order_by(DiagnosisRow.confirmed_at)
+            )
+            for study_id, present, confirmed_at in dx:
+                labels[study_id] = (present, confirmed_at)  # the latest confirmation wins
+        n = len(rows)
+        columns = (
+            list(zip(*rows, strict=True))
+            if rows
+            else [()] * (5 + len(CATEGORICAL_FIELDS) + len(NUMERIC_FIELDS))
+        )
+        study_ids = columns[0]
+        label = np.full(n, -1, dtype=np.int8)
+        confirmed = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
+        for i, study_id in enumerate(study_ids):
+            found = labels.get(study_id)
+            if found is not None:
+                label[i] = 1 if found[0] else 0
+                confirmed[i] = np.datetime64(found[1].replace(tzinfo=None), "us")
+
+        def text(values: Sequence[Any]) -> np.ndarray:
+            return np.array([NO_METADATA if v is None else str(v) for v in values], dtype=object)
+
+        offset = 5
+        categorical = {f: text(columns[offset + i]) for i, f in enumerate(CATEGORICAL_FIELDS)}
+        offset += len(CATEGORICAL_FIELDS)
+        numeric = {
+            f: np.array(
+                [np.nan if v is None else float(v) for v in columns[offset + i]], dtype=float
+            )
+            for i, f in enumerate(NUMERIC_FIELDS)
+        }
+        return CaseTable(
+            score=np.asarray(columns[1], dtype=float),
+            predicted_at=np.array(
+                [np.datetime64(t.replace(tzinfo=None), "us") for t in columns[2]],
+                dtype="datetime64[us]",
+            ),
+            site=text(columns[3]),
+            scanner=text(columns[4]),
+            label=label,
+            confirmed_at=confirmed,
+            categorical=categorical,
+            numeric=numeric,
+        )
+
+    def volumes(self, model_id: int) -> list[VolumeRow]:
+        with self._sessions.scope() as s:
+            rows = s.execute(
+                select(
+                    func.coalesce(SiteRow.label, NO_METADATA),
+                    func.coalesce(DeviceRow.label, NO_METADATA),
+                    func.count(func.distinct(PredictionRow.study_id)),
+                    func.count(PredictionRow.id),
+                    func.min(PredictionRow.predicted_at),
+                    func.max(PredictionRow.predicted_at),
+                )
+                .join(StudyRow, StudyRow.id == PredictionRow.study_id)
+                .outerjoin(SiteRow, SiteRow.id == StudyRow.site_id)
+                .outerjoin(DeviceRow, DeviceRow.id == StudyRow.device_id)
+                .where(PredictionRow.model_id == model_id)
+                .group_by(SiteRow.label, DeviceRow.label)
+                .order_by(SiteRow.label, DeviceRow.label)
+            ).all()
+            labelled = dict(
+                s.execute(
+                    select(
+                        func.coalesce(DeviceRow.label, NO_METADATA),
+                        func.count(func.distinct(DiagnosisRow.study_id)),
+                    )
+                    .join(StudyRow, StudyRow.id == DiagnosisRow.study_id)
+                    .outerjoin(DeviceRow, DeviceRow.id == StudyRow.device_id)
+                    .where(
+                        DiagnosisRow.study_id.in_(
+                            select(PredictionRow.study_id).where(PredictionRow.model_id == model_id)
+                        )
+                    )
+                    .group_by(DeviceRow.label)
+                ).all()
+            )
+        return [
+            VolumeRow(
+                site=site,
+                scanner=scanner,
+                studies=studies,
+                predictions=predictions,
+                labelled=int(labelled.get(scanner, 0)),
+                first_at=first,
+                last_at=last,
+            )
+            for site, scanner, studies, predictions, first, last in rows
+        ]
+
+    def save_drift(
+        self, drafts: Sequence[DriftCheckDraft], *, job_run_id: int | None, actor: str
+    ) -> list[DriftCheck]:
+        """Insert or refresh drift checks (unique per :attr:`DriftCheckDraft.KEY`)."""
+        return self._save_checks(
+            DriftCheckRow, drafts, DriftCheckDraft.KEY, job_run_id, actor, "drift_check"
+        )
+
+    def save_performance(
+        self, drafts: Sequence[PerformanceCheckDraft], *, job_run_id: int | None, actor: str
+    ) -> list[PerformanceCheck]:
+        """Insert or refresh performance checks (unique per :attr:`PerformanceCheckDraft.KEY`)."""
+        return self._save_checks(
+            PerformanceCheckRow,
+            drafts,
+            PerformanceCheckDraft.KEY,
+            job_run_id,
+            actor,
+            "performance_check",
+        )
+
+    def _save_checks(
+        self,
+        table: Any,
+        drafts: Sequence[DriftCheckDraft] | Sequence[PerformanceCheckDraft],
+        key_columns: tuple[str, ...],
+        job_run_id: int | None,
+        actor: str,
+        entity: str,
+    ) -> list[Any]:
+        if not drafts:
+            return []
+        now = utcnow()
+        with self._sessions.scope() as s:
+            values = [
+                {**asdict(draft), "job_run_id": job_run_id, "created_at": now} for draft in drafts
+            ]
+            stmt = _insert(s, table)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=key_columns,
+                set_={k: stmt.excluded[k] for k in values[0] if k not in key_columns},
+            ).returning(table.id, sort_by_parameter_order=True)
+            ids: list[int] = []
+            for start in range(0, len(values), 1000):  # one multi-row upsert per chunk
+                ids.extend(s.execute(stmt, values[start : start + 1000]).scalars())
+            models = dict(s.execute(select(ModelRow.id, ModelRow.name)).all())
+            by_id = {}
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start : start + 1000]
+                by_id.update({r.id: r for r in s.scalars(select(table).where(table.id.in_(chunk)))})
+            convert = drift_check if table is DriftCheckRow else performance_check
+            result = [convert(by_id[i], models[by_id[i].model_id]) for i in ids]
+            flagged = [r for r in result if r.status not in ("ok", "insufficient_data")]
+            audit.append(
+                s,
+                actor=actor,
+                action=f"{entity}.run",
+                entity=entity,
+                entity_id=f"job_run:{job_run_id}" if job_run_id else "adhoc",
+                detail={
+                    "checks": len(result),
+                    "flagged": len(flagged),
+                    "flagged_ids": [r.id for r in flagged][:50],
+                },
+            )
+            return result
+
+    def drift(
+        self, model_id: int, start: datetime | None = None, end: datetime | None = None
+    ) -> list[DriftCheck]:
+        """Drift checks of a model, oldest window first; with a period, those overlapping it."""
+        rows = self._checks(DriftCheckRow, model_id, start, end)
+        return [drift_check(r, name) for r, name in rows]
+
+    def performance(
+        self, model_id: int, start: datetime | None = None, end: datetime | None = None
+    ) -> list[PerformanceCheck]:
+        """Performance checks of a model; with a period, those whose window overlaps it."""
+        rows = self._checks(PerformanceCheckRow, model_id, start, end)
+        return [performance_check(r, name) for r, name in rows]
+
+    def _checks(
+        self, table: Any, model_id: int, start: datetime | None, end: datetime | None
+    ) -> list[tuple[Any, str]]:
+        stmt = (
+            select(table, ModelRow.name)
+            .join(ModelRow, ModelRow.id == table.model_id)
+            .where(table.model_id == model_id)
+            .order_by(table.window_end, table.id)
+        )
+        if end is not None:
+            stmt = stmt.where(table.window_start < end)
+        if start is not None:
+            stmt = stmt.where(table.window_end > start)
+        with self._sessions.scope() as s:
+            return [(row, name) for row, name in s.execute(stmt)]
