@@ -55,6 +55,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/ensure_postgres.sh
 	bash scripts/ensure_dcmtk.sh
+	bash scripts/ensure_alertmanager.sh
+	bash scripts/ensure_render_tools.sh
 	SURVEILLANCE_REQUIRE_PG=1 SURVEILLANCE_REQUIRE_KAFKA=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -11,7 +11,7 @@ source with uid ``surveillance-pg``, connected as the read-only role of
   ``dashboards/surveillance/``. The password is not written: the data source
   reads ``$SURVEILLANCE_GRAFANA_DB_PASSWORD`` from Grafana's environment.
 * :func:`push` uploads the dashboards into a folder through the Grafana HTTP API
-  and writes each drift incident as an annotation on the drift dashboard
+  and writes each incident with drift evidence as an annotation on the drift dashboard
   (once: an annotation carries the tag ``surveillance-incident-<id>``).
 
 HTTP client: ``grafana-api`` 1.0.3, not its maintained fork ``grafana-client``.
@@ -197,10 +197,14 @@ class _Grafana:
 
 
 def drift_annotations(store: Store) -> list[dict[str, Any]]:
-    """One annotation per drift incident: when it opened, what and where."""
+    """One annotation per incident with drift evidence: when it opened, what and where.
+
+    An incident is one root cause (it may hold drift and performance signals), so
+    "drift incident" means: drift checks are part of its evidence.
+    """
     out = []
     for incident in store.incidents.find():
-        if incident.signal_kind != "drift":
+        if not store.incidents.evidence(incident.id)[1]:
             continue
         start_ms = int(incident.opened_at.timestamp() * 1000)
         end = incident.closed_at or incident.opened_at

@@ -27,6 +27,7 @@ def run_cli(
         key = cwd / "pseudonym.key"
         if not key.exists():
             key.write_text(key_hex + "\n")
+            key.chmod(0o600)  # production mode refuses a key others may read
         environment["SURVEILLANCE_PSEUDONYM_KEY_FILE"] = str(key)
     environment.update(env or {})
     return subprocess.run(

@@ -164,8 +164,6 @@ def dump_database(engine: Engine) -> list[str]:
     return values
 
 
-
-
 @pytest.fixture
 def dicom_intake(pg_store: Store, tmp_path: Path) -> DicomIntake:
     ingestor = Ingestor(pg_store, Pseudonymizer(b"k" * 32))

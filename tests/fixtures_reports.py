@@ -24,7 +24,7 @@ from psycopg import sql
 from connectors import synthetic
 from surveillance.analysis.windows import floor_day
 from surveillance.core.config import EXAMPLE_CONFIG, Settings, load_settings
-from surveillance.demo import BROKEN_LINES, demo_feed
+from surveillance.demo import broken_lines, demo_feed
 from surveillance.intake.ingest import Ingestor
 from surveillance.intake.pseudonym import Pseudonymizer
 from surveillance.scheduling.checks import run_checks
@@ -84,7 +84,7 @@ def report_demo(
         events = tmp_path_factory.mktemp("report_demo") / "events.jsonl"
         synthetic.write_jsonl(feed, events)
         with events.open("a") as handle:
-            handle.write("\n".join(BROKEN_LINES) + "\n")
+            handle.write("\n".join(broken_lines(feed.start + timedelta(hours=10))) + "\n")
         Ingestor(store, pseudonymizer, batch_size=5000).ingest_jsonl(events)
         run_checks(store, settings, as_of=now)
         span = store.checks.prediction_span(store.registry.model(MODEL).id)

@@ -33,7 +33,8 @@ from surveillance.store import Store
 from surveillance.store.ingest_writer import device_label
 from surveillance.store.types import utcnow
 
-DASHBOARD = "http://grafana.test/d/surveillance"
+DASHBOARD = "http://grafana.test/d/surveillance"  # a /d/... suffix is dropped from links
+GRAFANA = "http://grafana.test"
 
 
 def _with_channels(settings: Settings, receiver: HttpReceiver, sink: SmtpSink | None) -> Settings:
@@ -57,12 +58,17 @@ def _with_channels(settings: Settings, receiver: HttpReceiver, sink: SmtpSink | 
     return settings.model_copy(update={"alerts": channels, "service": service})
 
 
+def _resolved(alert: dict[str, Any]) -> bool:
+    """An Alertmanager alert that ends the incident's alert (its status is closed)."""
+    return bool(alert["annotations"]["incident_status"] == "closed")
+
+
 def _pages(receiver: HttpReceiver, sink: SmtpSink) -> dict[str, Counter[tuple[int, str]]]:
     """Per channel: (incident id, open|resolve) -> number of messages received."""
     return {
         "hook": Counter((b["incident_id"], b["kind"]) for b in receiver.at("/hook")),
         "am": Counter(
-            (int(a["labels"]["incident_id"]), "resolve" if "endsAt" in a else "open")
+            (int(a["labels"]["incident_id"]), "resolve" if _resolved(a) else "open")
             for body in receiver.at("/api/v2/alerts")
             for a in body
         ),
@@ -118,11 +124,15 @@ def test_breach_pages_each_channel_once_and_resolves_once(
     incidents = store.incidents.find(status="open")
     keys = [(i.signal_kind, i.signal, i.stratum_kind, i.stratum_value) for i in incidents]
     assert len(keys) == len(set(keys)), "an incident key is open twice"
-    breach = next(
-        i
-        for i in incidents
-        if i.signal == "pneumothorax:sensitivity" and i.stratum_value == changed
-    )
+    # one root cause (the changed scanner) -> one incident with its drift and performance
+    # evidence; the roll-ups at its site and overall are evidence, not incidents
+    (breach,) = incidents
+    assert (breach.stratum_kind, breach.stratum_value) == ("scanner", changed)
+    assert breach.signal_kind == "performance" and breach.severity in ("high", "critical")
+    performance_evidence, drift_evidence = store.incidents.evidence(breach.id)
+    assert {c.metric for c in performance_evidence} >= {"sensitivity"}
+    assert drift_evidence, "the scanner's drift is evidence of the same incident"
+    assert "Sensitivity" in breach.title and "drift" in breach.title
     open_ids = {i.id for i in incidents}
     pages = _pages(http_receiver, smtp_sink)
     for channel, counted in pages.items():
@@ -134,14 +144,18 @@ def test_breach_pages_each_channel_once_and_resolves_once(
     assert body["where"]["site"] == change["site"]
     assert body["where"]["scanner"] == changed.rsplit(" @ ", 1)[0]
     assert body["where"]["model"] == "cxr-pneumothorax 2.1.0"
-    assert body["how_much"].startswith("sensitivity 0.")
-    assert "below the alert limit" in body["how_much"]
-    assert "alert limit 0.850" in body["baseline"] and "CPS-017" in body["baseline"]
+    # the page went out when the drift job opened it (drift runs before performance)
+    assert (
+        body["how_much"].startswith("strongest: ") or "below the alert limit" in (body["how_much"])
+    )
     assert body["since"] <= now.isoformat()
     assert "EU MDR report due" in body["vigilance"] and "left" in body["vigilance"]
     assert body["incident_command"] == f"surveillance incidents show {breach.id}"
-    assert body["dashboard_url"].startswith(DASHBOARD + "?")
-    assert f"var-incident={breach.id}" in body["dashboard_url"]
+    assert body["dashboard_url"].startswith(GRAFANA + "/d/surveillance-")
+    assert (
+        "var-scanner=" in body["dashboard_url"]
+        and "var-model=cxr-pneumothorax" in (body["dashboard_url"])
+    )
     assert any("assess" in step for step in body["next_steps"])
     (alert,) = next(
         a
@@ -149,7 +163,13 @@ def test_breach_pages_each_channel_once_and_resolves_once(
         if a[0]["labels"]["incident_id"] == str(breach.id)
     )
     assert alert["labels"]["scanner"] == body["where"]["scanner"]
-    assert alert["generatorURL"] == body["dashboard_url"] and "endsAt" not in alert
+    assert alert["labels"]["stratum_kind"] == "scanner"
+    assert alert["labels"]["signal"] == "drift"  # what opened it; the identity stays
+    assert {"alertname", "severity", "model", "site", "scanner"} <= set(alert["labels"])
+    assert alert["labels"]["alertname"] == "SurveillanceIncident"
+    assert alert["annotations"]["dashboard_url"] == body["dashboard_url"]
+    assert alert["generatorURL"] == body["dashboard_url"] and not _resolved(alert)
+    assert alert["endsAt"] > now.isoformat()  # firing for an hour even without re-posts
     mail = next(m for m in smtp_sink.messages if f"#{breach.id})" in m["Subject"])
     text = mail.get_payload()
     assert "Next steps:" in text and DASHBOARD in text and "How much:" in text
@@ -166,7 +186,14 @@ def test_breach_pages_each_channel_once_and_resolves_once(
     process_alerts(store, configured, refresh=True)
     refreshed = http_receiver.at("/api/v2/alerts")[len(open_ids) :]
     assert sorted(a[0]["labels"]["incident_id"] for a in refreshed) == sorted(map(str, open_ids))
-    assert all("endsAt" not in a[0] for a in refreshed)
+    assert not any(_resolved(a[0]) for a in refreshed)
+    # labels stay those first sent (the alert's identity); annotations are re-rendered and
+    # now tell the whole root cause: the breach against the clearance baseline, its source
+    assert refreshed[-1][0]["labels"] == alert["labels"]
+    fresh = refreshed[-1][0]["annotations"]
+    assert "below the alert limit" in fresh["how_much"]
+    assert "alert limit 0." in fresh["baseline"] and "CPS-017" in fresh["baseline"]
+    assert fresh["dashboard_url"].startswith(GRAFANA + "/d/surveillance-performance?")
     assert len(http_receiver.at("/hook")) == len(open_ids)
 
     # closing sends one resolve per channel, once
@@ -189,7 +216,7 @@ def test_breach_pages_each_channel_once_and_resolves_once(
         a
         for body in http_receiver.at("/api/v2/alerts")
         for a in body
-        if a["labels"]["incident_id"] == str(breach.id) and "endsAt" in a
+        if a["labels"]["incident_id"] == str(breach.id) and _resolved(a)
     ]
     assert len(resolved) == 1 and resolved[0]["labels"] == alert["labels"]
     resolve_mail = next(m for m in smtp_sink.messages if m["Subject"].startswith("[RESOLVED]"))

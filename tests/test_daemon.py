@@ -61,6 +61,7 @@ def test_daemon_runs_every_connector_at_once(
         f'[schedules]\ndrift = "every 1h"\nperformance = "every 6h"\n'
     )
     (tmp_path / "key").write_text("cd" * 32 + "\n")
+    (tmp_path / "key").chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURVEILLANCE_")}
     subprocess.run(
         [

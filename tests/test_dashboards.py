@@ -16,7 +16,7 @@ import json
 import re
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
@@ -310,7 +310,7 @@ def test_push_uploads_dashboards_and_annotates_drift_once(report_demo_clone: str
         server.server_close()
         thread.join(timeout=10)
     assert set(first.dashboards) == set(EXPECTED)
-    drift_incidents = [i for i in _incident_kinds(report_demo_clone) if i == "drift"]
+    drift_incidents = _incidents_with_drift(report_demo_clone)
     assert first.annotations == len(drift_incidents) >= 1
     assert second.annotations == 0  # already there: not duplicated
     uploads = [b for method, path, b in _FakeGrafana.requests if path == "/api/dashboards/db"]
@@ -322,9 +322,82 @@ def test_push_uploads_dashboards_and_annotates_drift_once(report_demo_clone: str
     assert auth == {"Bearer t0ken"}
 
 
-def _incident_kinds(url: str) -> list[str]:
+def _incidents_with_drift(url: str) -> list[int]:
     store = Store.open(url)
     try:
-        return [i.signal_kind for i in store.incidents.find()]
+        return [i.id for i in store.incidents.find() if store.incidents.evidence(i.id)[1]]
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------------------
+# Links in alerts land on a real dashboard with real template variables.
+
+SCANNER_LABEL = "GE XR656 #9f3c14 @ Northgate"
+
+
+def _incident(signal_kind: str, signal: str, kind: str, value: str) -> Any:
+    from surveillance.store import Incident
+
+    at = datetime(2026, 10, 1, tzinfo=UTC)
+    return Incident(
+        id=7, model=MODEL, signal_kind=signal_kind, signal=signal, stratum_kind=kind,
+        stratum_value=value, severity="high", status="open", title="t", summary="s",
+        opened_at=at, aware_at=at, last_evidence_at=at + timedelta(days=14),
+        acknowledged_at=None, acknowledged_by=None, closed_at=None, resolution=None,
+        capa_reference=None, vigilance_class="assessment_pending", mdr_deadline_at=None,
+        fda_deadline_at=None,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("signal_kind", "signal", "kind", "value"),
+    [
+        pytest.param("drift", "drift", "scanner", SCANNER_LABEL, id="drift-scanner"),
+        pytest.param("drift", "drift", "site", "Northgate", id="drift-site"),
+        pytest.param("drift", "drift", "overall", "all", id="drift-overall"),
+        pytest.param(
+            "performance", "pneumothorax:sensitivity", "scanner", SCANNER_LABEL,
+            id="performance-scanner",
+        ),
+        pytest.param("performance", "pneumothorax:auroc", "overall", "all", id="perf-overall"),
+        pytest.param("intake", "kafka", "overall", "all", id="other-kind"),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "base",
+    ["https://grafana.example.org", "https://grafana.example.org/d/surveillance-overview"],
+)
+def test_every_alert_link_resolves_against_the_dashboards(
+    signal_kind: str, signal: str, kind: str, value: str, base: str
+) -> None:
+    from urllib.parse import parse_qsl, urlsplit
+
+    from surveillance.incidents.alerts.messages import dashboard_link
+
+    boards = {
+        d["uid"]: d for d in (json.loads(p.read_text()) for p in DASHBOARD_DIR.glob("*.json"))
+    }
+    link = dashboard_link(base, _incident(signal_kind, signal, kind, value))
+    assert link is not None
+    parts = urlsplit(link)
+    assert f"{parts.scheme}://{parts.netloc}" == "https://grafana.example.org"
+    prefix, uid = parts.path.rsplit("/", 1)
+    assert prefix == "/d" and uid in boards, link
+    variables = {v["name"]: v for v in boards[uid].get("templating", {}).get("list", [])}
+    params = parse_qsl(parts.query)
+    for name, val in params:
+        if name in ("from", "to"):
+            assert val.isdigit()
+            continue
+        assert name.startswith("var-") and name[4:] in variables, (name, uid)
+        variable = variables[name[4:]]
+        if val == "$__all":
+            assert variable.get("includeAll"), name
+        if variable.get("type") == "custom":
+            assert val in variable["query"].split(","), (name, val)
+    given = {name for name, _ in params}
+    if signal_kind in ("drift", "performance"):
+        assert {"var-model", "var-site", "var-scanner", "from", "to"} <= given
+        start, end = int(dict(params)["from"]), int(dict(params)["to"])
+        assert start < datetime(2026, 10, 1, tzinfo=UTC).timestamp() * 1000 < end

@@ -282,7 +282,10 @@ def test_drop_folder_ingests_stable_files_and_quarantines_junk(
     done = watcher.poll_once()
     assert done == {"stored": 1, "rejected": 1}
     assert sorted(p.name for p in drop.iterdir()) == [REJECTED_FOLDER]
-    assert [p.name.endswith("-junk.bin") for p in (drop / REJECTED_FOLDER).iterdir()] == [True]
+    quarantined = sorted((drop / REJECTED_FOLDER).iterdir())
+    assert [p.name.endswith("-junk.bin") for p in quarantined] == [True, False]
+    assert quarantined[1].name.endswith(".reason.txt")  # says why, for a person
+    assert "not a DICOM Part 10 file" in quarantined[1].read_text()
     assert len(_spool_names(dicom_intake.store)) == 1
 
     watcher.start()  # the thread does the same; stop() ends it

@@ -417,4 +417,5 @@ def test_scheduled_embedding_job_uses_the_configured_backbone(
     assert (result["embedded"], result["failed"]) == (2, 0)
     with store.sessions.scope() as s:
         extractors = s.execute(select(EmbeddingRow.extractor)).scalars().all()
-    assert extractors == ["conv-ae", "conv-ae"]
+    # the configured backbone, plus the image-quality fingerprint of each study (issue 9)
+    assert sorted(extractors) == ["conv-ae", "conv-ae", "image-quality", "image-quality"]

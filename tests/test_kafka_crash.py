@@ -84,6 +84,7 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
     )  # fmt: skip
     key = tmp_path / "pseudonym.key"
     key.write_text("ef" * 32 + "\n")
+    key.chmod(0o600)
     env = {k: v for k, v in os.environ.items() if not k.startswith("SURVEILLANCE_")}
     env.update(SURVEILLANCE_DB_URL=db_url, SURVEILLANCE_PSEUDONYM_KEY_FILE=str(key))
 

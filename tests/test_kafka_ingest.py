@@ -285,7 +285,16 @@ def test_deadletters_replay_after_registering_the_missing_model(
 
     base = load_settings(EXAMPLE_CONFIG, env={}).models[0]
     store.registry.register_models(
-        [ModelConfig(**{**base.model_dump(), "name": "cxr-effusion", "baselines": []})],
+        [
+            ModelConfig(
+                **{
+                    **base.model_dump(),
+                    "name": "cxr-effusion",
+                    "baselines": [],
+                    "monitor_only": True,
+                }
+            )
+        ],
         actor="test",
     )
     result = _cli("deadletters", "replay", "--all", "--json", db_url=db_url, tmp_path=tmp_path,
@@ -391,5 +400,8 @@ def test_bench_ingest_prints_figures_and_cleans_up(
     assert (figures["duplicates"], figures["dead_letters"]) == (0, 0)
     for key in ("produce_msgs_per_s", "ingest_msgs_per_s", "copy_rows_per_s"):
         assert figures[key] > 0
+    assert figures["bare_consumer_msgs"] == 300  # the yardstick read the whole topic
+    assert figures["bare_consumer_msgs_per_s"] > 0
+    assert figures["ingest_to_bare_consumer_ratio"] is not None
     assert (_count(store, PredictionRow), _count(store, StudyRow)) == (0, 0)
     assert _count(store, ConsumerOffsetRow) == 0

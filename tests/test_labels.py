@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from connectors.labels import fhir_records, parse_fhir_record
 from connectors.records import event_to_jsonl
+from surveillance.core.config import EXAMPLE_CONFIG, ModelConfig, load_settings
 from surveillance.core.errors import InvalidRecord, UsageError
 from surveillance.core.events import DicomMetadataEvent, PredictionEvent
 from surveillance.intake.ingest import Ingestor
@@ -202,6 +203,14 @@ def test_fhir_bundle_maps_reports_to_studies_and_findings(
     file = tmp_path / "reports.json"
     file.write_text(json.dumps(bundle))
     codes = {"36118008": "pneumothorax", "http://snomed.info/sct|233604007": "pneumonia"}
+    # a diagnosis for a finding no registered model has is dead-lettered: register one
+    base = load_settings(EXAMPLE_CONFIG, env={}).models[0]
+    store.registry.register_models(
+        [ModelConfig(**{**base.model_dump(), "name": "cxr-pneumonia", "baselines": [],
+                        "monitor_only": True, "findings": {"pneumonia": 0.5}})],
+        actor="test",
+    )  # fmt: skip
+    ingestor.refresh_models()
 
     counts = ingest_label_file(ingestor, file, codes)
 

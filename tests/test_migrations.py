@@ -65,3 +65,49 @@ def test_out_of_date_schema_is_refused_with_the_fix(sqlite_url: str) -> None:
     upgrade(engine)
     ensure_current(engine)
     engine.dispose()
+
+
+_DASHBOARD_INDEXES = {
+    "prediction": {"ix_prediction_ingested_at", "ix_prediction_predicted_at"},
+    "dead_letter": {"ix_dead_letter_received_at"},
+    "job_run": {"ix_job_run_scheduled_for"},
+    "incident_event": {"ix_incident_event_at"},
+}
+
+
+def _indexes(engine: object) -> dict[str, set[str]]:
+    inspector = inspect(engine)
+    return {
+        table: {ix["name"] for ix in inspector.get_indexes(table) if ix["name"]}
+        for table in _DASHBOARD_INDEXES
+    }
+
+
+def test_0008_dashboard_indexes_migrate_up_and_down(db_url: str) -> None:
+    engine = make_engine(db_url)
+    upgrade(engine, "0008")
+    found = _indexes(engine)
+    for table, names in _DASHBOARD_INDEXES.items():
+        assert names <= found[table], table
+    command.downgrade(alembic_config(engine), "0007")
+    found = _indexes(engine)
+    for table, names in _DASHBOARD_INDEXES.items():
+        assert not names & found[table], table
+    upgrade(engine)
+    assert current_revision(engine) == head_revision(engine)
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_0008_keeps_an_index_built_concurrently_beforehand(pg_url: str) -> None:
+    """Large installations build the index CONCURRENTLY first; the upgrade then records it."""
+    engine = make_engine(pg_url)
+    upgrade(engine, "0007")
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql(
+            "CREATE INDEX CONCURRENTLY ix_prediction_ingested_at "
+            "ON prediction (ingested_at, predicted_at)"
+        )
+    upgrade(engine)
+    assert "ix_prediction_ingested_at" in _indexes(engine)["prediction"]
+    engine.dispose()

@@ -19,16 +19,24 @@ from surveillance.core.errors import UsageError
 from surveillance.outputs.reports import parse_period, previous_quarter, write_pms_report
 from surveillance.outputs.reports.pms import date_range, deadline_status
 from surveillance.store import Store
+from surveillance.store.reporting import weekly_counts
 
+# the PSUR structure of MDCG 2022-21 Annex I, in order
 SECTIONS = (
-    "Intended use and clearance baseline",
-    "At a glance",
-    "Volumes per site and scanner",
-    "Performance against the clearance baseline",
-    "Data drift",
-    "Label coverage",
-    "Incidents and vigilance",
-    "Conclusions (to be completed by the quality manager)",
+    "1. Executive summary",
+    "2. Device identification and intended use",
+    "3. Conclusions of the previous report",
+    "4. Volume of use and population",
+    "5. Serious incidents, non-serious incidents and vigilance reports",
+    "6. Trend reporting (EU MDR Art. 88)",
+    "7. Field safety corrective actions (FSCA)",
+    "8. Complaints and user feedback",
+    "9. Performance against the clearance baseline",
+    "10. Data drift",
+    "11. Label coverage",
+    "12. PMCF and literature (to be completed)",
+    "13. Data quality and attachments",
+    "14. Benefit-risk determination, CAPA and sign-off (to be completed)",
 )
 
 
@@ -43,11 +51,26 @@ def test_report_html_and_pdf_from_demo_data(
         report_store, MODEL, period, tmp_path, settings=report_demo.settings, now=report_demo.now
     )
     html = files.html.read_text()
-    for title in SECTIONS:
-        assert title in html
+    positions = [html.find(f"<h2>{title}</h2>") for title in SECTIONS]
+    assert -1 not in positions, [t for t, p in zip(SECTIONS, positions, strict=True) if p < 0]
+    assert positions == sorted(positions)
+    # device identification from the model config
+    for value in ("04069999000172", "4069999CXRPTX21J7", "IIa (MDR Annex VIII, Rule 11)"):
+        assert value in html
     # the injected scanner update is reported as a breach, with its deadline still open
-    assert "Performance breach: pneumothorax sensitivity at scanner: GE Discovery XR656" in html
+    assert "Performance breached its alert limit" in html
+    assert "sensitivity 0.45" in html and "scanner: GE Discovery XR656" in html
     assert re.search(r"open: 1[45]d \d+h left", html)
+    # counts by the period of the data: the demo's two dead letters and its check runs
+    counts = dict(
+        re.findall(r"<dt>(Rejected records \(dead letters\)|Check runs)</dt><dd>(.*?)</dd>", html)
+    )
+    assert counts["Rejected records (dead letters)"] == "2", counts  # the demo's two
+    assert re.fullmatch(r"[1-9]\d* \(0 failed\)", counts["Check runs"]), counts
+    # estimated (CBPE) and realised performance together; n says what it counts
+    assert "estimated (CBPE)" in html and " pos / " in html
+    # drift onset is the persistent run, not a stray flag
+    assert "onset" in html and "isolated flags" in html
     assert "Standalone performance study CPS-017 rev C" in html  # the baseline's source
     # figures: rendered, non-trivial, embedded in the HTML
     assert len(files.figures) == 6
@@ -55,27 +78,56 @@ def test_report_html_and_pdf_from_demo_data(
         with Image.open(figure) as image:
             assert image.width > 800 and image.height > 200
     assert html.count("data:image/png;base64,") == len(files.figures)
+    # the table of contents wraps instead of running off a 1280 px window
+    assert "flex-wrap: wrap" in html
     # the PDF: a real, multi-page document
     pdf = files.pdf.read_bytes()
     assert pdf.startswith(b"%PDF-")
     assert len(re.findall(rb"/Type /Page\b", pdf)) >= 5
+    # the creation date is the report's, not reportlab's invariant 2000-01-01
+    assert f"/CreationDate (D:{report_demo.now:%Y%m%d}".encode() in pdf
     # generating a report is audited
     assert report_store.audit.verify().ok
 
+    _render_and_look(files.pdf, files.html, tmp_path)
+
+
+def _render_and_look(pdf: Path, html: Path, tmp_path: Path) -> None:
+    """Every PDF page to PNG (pdftoppm) and the HTML in headless Chromium: real ink on each.
+
+    ``make test`` installs both tools (scripts/ensure_render_tools.sh); elsewhere a
+    missing tool skips only this look.
+    """
     pdftoppm = shutil.which("pdftoppm")
-    if pdftoppm is None:
-        pytest.skip("pdftoppm (poppler-utils) not installed: PDF page rendering not checked")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if pdftoppm is None or chromium is None:
+        pytest.skip("pdftoppm or chromium missing: run scripts/ensure_render_tools.sh")
     subprocess.run(
-        [pdftoppm, "-r", "60", "-png", "-f", "1", "-l", "3", str(files.pdf), str(tmp_path / "p")],
-        check=True,
-        timeout=60,
+        [pdftoppm, "-r", "40", "-png", str(pdf), str(tmp_path / "p")], check=True, timeout=120
     )
     pages = sorted(tmp_path.glob("p-*.png"))
-    assert len(pages) == 3
-    with Image.open(pages[0]) as page:
-        grey = page.convert("L")
-        # a rendered page has ink on it: not blank
-        assert grey.getextrema()[0] < 100
+    assert len(pages) == len(re.findall(rb"/Type /Page\b", pdf.read_bytes()))
+    for page in pages:
+        with Image.open(page) as image:
+            assert image.convert("L").getextrema()[0] < 100, f"{page.name} is blank"
+    shot = tmp_path / "html.png"
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={shot}",
+            "--window-size=1280,2000",
+            html.as_uri(),
+        ],
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+    with Image.open(shot) as image:
+        assert image.size == (1280, 2000)
+        assert image.convert("L").getextrema()[0] < 100
 
 
 @pytest.mark.postgres
@@ -169,9 +221,62 @@ def test_evidently_attachment_or_a_clear_note(
     period = date_range(report_demo.first_prediction.date(), report_demo.now.date())
     files = write_pms_report(report_store, MODEL, period, tmp_path, settings=report_demo.settings)
     html = files.html.read_text()
-    if importlib.util.find_spec("evidently") is None:
-        assert files.evidently is None
-        assert "not installed (pip install &#39;surveillance[reports]&#39;" in html
-        return
+    # a default dependency: never skipped
+    assert importlib.util.find_spec("evidently") is not None
     assert files.evidently is not None and files.evidently.stat().st_size > 10_000
     assert "attached as evidently-data-drift.html" in html
+    # linked from the drift section
+    drift = html[html.index("<h2>10. Data drift</h2>") : html.index("<h2>11. Label coverage</h2>")]
+    assert '<a href="evidently-data-drift.html">' in drift
+    text = files.evidently.read_text(errors="replace")
+    assert "score:pneumothorax" in text and "software_versions" in text
+
+
+@pytest.mark.postgres
+def test_no_plotted_value_lies_outside_its_axes(
+    report_store: Store, report_demo: ReportDemo
+) -> None:
+    """Every figure of the demo's report holds all its points, bands, limits and baselines."""
+    from surveillance.outputs.reports import plots
+
+    model = report_store.registry.model(MODEL)
+    period = date_range(report_demo.first_prediction.date(), report_demo.now.date())
+    checks = report_store.checks.performance(model.id, period.start, period.end)
+    assert any(c.estimated for c in checks) and any(not c.estimated for c in checks)
+    # the breaching scanner's sensitivity is far below the clearance CI
+    assert min(c.value for c in checks if c.value is not None) < 0.6
+    studies = report_store.reporting.studies_in_period(model.id, period.start, period.end)
+    weekly = weekly_counts(studies)
+    baselines = [b for b in model.baselines if b.stratum == "overall"]
+    figures = {
+        "performance_time": plots.draw_performance_over_time(
+            checks, baselines, period_end=period.end
+        ),
+        "performance_subgroups": plots.draw_performance_forest(checks, baselines),
+        "volumes": plots.draw_weekly_volumes(weekly),
+        "label_coverage": plots.draw_label_coverage(weekly),
+    }
+    for name, figure in figures.items():
+        plots.fit_axes(figure)
+        assert plots.outside_axes(figure) == [], name
+    # the estimates reach the end of the period
+    time_axes = figures["performance_time"].axes[0]
+    assert time_axes.get_xlim()[1] >= plots.mdates.date2num(period.end)
+
+
+def test_outside_axes_sees_a_hidden_point_and_fit_axes_brings_it_back() -> None:
+    """The check itself can fail: a point clipped by a hand-set axis is reported, then fixed."""
+    from matplotlib.figure import Figure
+
+    from surveillance.outputs.reports import plots
+
+    figure = Figure()
+    ax = figure.add_subplot()
+    ax.errorbar([1.0, 2.0, 3.0], [0.9, 0.92, 0.45], yerr=[0.03, 0.03, 0.1])
+    ax.axhline(0.85)
+    ax.set_ylim(0.6, 1.0)  # the old Figure 2 axis: 0.45 is not drawn
+    problems = plots.outside_axes(figure)
+    assert len(problems) == 1 and "outside" in problems[0]
+    plots.fit_axes(figure)
+    assert plots.outside_axes(figure) == []
+    assert figure.axes[0].get_ylim()[0] < 0.35

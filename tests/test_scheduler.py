@@ -232,3 +232,12 @@ def test_bad_schedule_strings_are_config_errors(spec: str) -> None:
 
     with pytest.raises(ConfigError, match="schedule"):
         parse_schedule(spec)
+
+
+def test_quarterly_reports_go_to_the_configured_out_dir(tmp_path: Path) -> None:
+    from surveillance.core.config import parse_settings
+    from surveillance.scheduling.jobs import reports_dir
+
+    assert reports_dir(parse_settings({})) == Path("reports")
+    configured = parse_settings({"reports": {"out_dir": str(tmp_path / "pms")}})
+    assert reports_dir(configured) == tmp_path / "pms"

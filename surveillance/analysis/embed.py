@@ -18,6 +18,11 @@ deleted only after that commit.
   stale after ``claim_timeout``: such rows are retried once, then abandoned.
 * **BBSD.** :func:`run_bbsd` stores the deployed model's own scores as the
   ``bbsd:<model>`` embedding of every study it predicted.
+* **Image quality.** The scheduled job also fingerprints every file it embeds
+  (:mod:`surveillance.analysis.image_signals`: noise, sharpness, HU quantiles,
+  matrix, field of view, from the pixels in physical units) and stores it as
+  the study's ``image-quality`` embedding, before the spool file is deleted;
+  the drift job tests it as ``image:<feature>`` signals.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import os
 import re
 import socket
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
@@ -35,6 +41,7 @@ import numpy as np
 
 from surveillance.analysis.embeddings.backbones import BBSDBackbone, create_backbone
 from surveillance.analysis.embeddings.extractor import ExtractionError, Extractor, FileResult
+from surveillance.analysis.image_signals import ImageQualityExtractor
 from surveillance.core.config import Settings
 from surveillance.core.errors import UsageError
 from surveillance.store import ModelInfo, Store
@@ -100,6 +107,7 @@ def _process(
     worker: str,
     claims: list[SpoolClaim],
     delete_failed: bool,
+    also: Sequence[ImageQualityExtractor] = (),
 ) -> EmbedReport:
     already = store.embeddings.embedded_studies(
         (c.study_id for c in claims), extractor.name, extractor.version
@@ -122,6 +130,8 @@ def _process(
             continue
         done.append(claim.id)
         writes.setdefault(claim.study_id, EmbeddingWrite(claim.study_id, result.vector))
+    for extra in also:
+        _secondary(store, extra, worker, [(c, p) for c, p in todo if c.id not in failed])
     counts = store.embeddings.finish_claims(
         worker,
         extractor.name,
@@ -147,11 +157,40 @@ def _process(
     )
 
 
+def _secondary(
+    store: Store,
+    extra: ImageQualityExtractor,
+    worker: str,
+    todo: list[tuple[SpoolClaim, Path]],
+) -> int:
+    """Run ``extra`` on the files just embedded (one vector per study); returns new rows.
+
+    A file ``extra`` cannot use is only logged: the main embedding decides the
+    spool row's fate.
+    """
+    have = store.embeddings.embedded_studies(
+        (c.study_id for c, _ in todo), extra.name, extra.version
+    )
+    pending = [(c, p) for c, p in todo if c.study_id not in have]
+    writes: dict[int, EmbeddingWrite] = {}
+    for (claim, _), result in zip(pending, extra.embed_files([p for _, p in pending]), strict=True):
+        if result.vector is None:
+            log.info("no %s vector for spool row %s: %s", extra.name, claim.id, result.error)
+            continue
+        writes.setdefault(claim.study_id, EmbeddingWrite(claim.study_id, result.vector))
+    if not writes:
+        return 0
+    return store.embeddings.write_embeddings(
+        extra.name, extra.version, list(writes.values()), actor=worker[:128]
+    )
+
+
 def run_embed(
     store: Store,
     extractor: Extractor,
     spool_dir: Path,
     *,
+    also: Sequence[ImageQualityExtractor] = (),
     worker: str | None = None,
     limit: int | None = None,
     claim_batch: int = DEFAULT_CLAIM_BATCH,
@@ -171,7 +210,7 @@ def run_embed(
         if not claims:
             break
         try:
-            report += _process(store, extractor, spool_dir, worker, claims, delete_failed)
+            report += _process(store, extractor, spool_dir, worker, claims, delete_failed, also)
         except BaseException:
             # Give the batch back now rather than after claim_timeout (best effort).
             try:
@@ -227,7 +266,7 @@ def run_embedding_job(store: Store, settings: Settings, *, as_of: datetime) -> d
         batch_size=config.batch_size,
         num_workers=config.decode_workers,
     )
-    report = run_embed(store, extractor, settings.dicom.spool_dir)
+    report = run_embed(store, extractor, settings.dicom.spool_dir, also=(ImageQualityExtractor(),))
     bbsd = run_bbsd(store, store.registry.models())
     return {"embedded": report.embedded, "failed": report.failed, "bbsd": bbsd}
 

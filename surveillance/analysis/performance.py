@@ -7,12 +7,22 @@ the newest judged window always ends at the maturity horizon.
 
 Per finding, window and stratum: sensitivity, specificity, PPV and NPV at the
 model's operating threshold (Wilson intervals), AUROC (DeLong interval) and the
-expected calibration error. Against a baseline's alert limit:
+expected calibration error. Against a baseline's alert limit, decided by the
+interval, whatever the number of cases:
 
-* ``breach``  - the upper confidence bound is below the limit (clearly worse);
-* ``warning`` - the point estimate is below the limit;
-* ``insufficient_data`` - fewer than ``min_samples`` cases in the denominator;
-* ``ok`` otherwise (or when no baseline exists for the metric).
+* ``breach``  - the whole interval lies below the limit (the upper bound is
+  below it): clearly worse, even with 11 positives (sensitivity 0.36, 95 % CI
+  0.15-0.65 against a limit of 0.80 is a breach);
+* ``ok`` - the whole interval lies at or above the limit;
+* the interval contains the limit: ``insufficient_data`` when it is wider
+  than ``[performance] max_interval_width`` (it cannot decide; the details'
+  ``undecided`` entry says which cases are short: positives for sensitivity,
+  negatives for specificity, predicted positives/negatives for PPV/NPV, and
+  how many), otherwise ``warning`` when the point estimate is below the limit
+  and ``ok`` when it is not;
+* a metric without an interval (ECE) keeps the count rule: fewer than
+  ``min_samples`` cases is ``insufficient_data``; ``ok`` when no baseline
+  exists for the metric (with enough cases).
 
 For ECE, where lower is better, the comparisons are mirrored. The ECE row's
 details also carry the calibration slope and intercept (logistic regression of
@@ -22,15 +32,27 @@ Early warning between windows: a one-sided CUSUM (:mod:`detectors.cusum`, as
 the FDA's AIM-CU tool does) runs over the labelled cases of each stratum in
 time order, on the per-case error of sensitivity (a missed positive) and of
 specificity (a false alarm on a negative), from the clearance value's error
-rate towards the alert limit's. Its state at each window's end sits in the
-``cusum`` entry of the sensitivity and specificity rows' details.
+rate towards the alert limit's. The chart restarts after each alarm, and its
+false-alarm rate is set in time: the decision interval gives an in-control
+average run length of ``[performance] cusum_arl0_days`` (a year) of the
+stratum's volume of that class (positives a day for sensitivity, measured over
+the labelled history), not a fixed number of cases, which at a busy site
+alarmed on almost every in-control history. Its state at each window's end
+sits in the ``cusum`` entry of the sensitivity and specificity rows' details;
+a *persistent* alarm (at least two alarms, i.e. a fresh one after a restart,
+within the window and the one before it) turns an ``ok`` row into a
+``warning`` (``details.cusum.persistent``): the policy's warning level.
 
 Before labels arrive: for the current, not yet matured window the job stores
 *estimated* rows (``estimated=True``) of sensitivity, specificity, PPV and NPV
 from the scores alone (:mod:`detectors.cbpe`, confidence-based performance
-estimation), judged the same way. They assume calibrated scores, are blind to
-concept shift, and are never evidence for an incident: :func:`run_performance`
-stores them but returns only the labelled checks, which the policy judges.
+estimation), judged the same way. The scores are first recalibrated on the stratum's
+matured, labelled cases (isotonic :class:`detectors.cbpe.Calibrator`; the
+overall stratum's calibration when the stratum has fewer than ``min_samples``
+labelled cases or one class only, raw scores when nothing is labelled yet:
+``details.calibration`` says which). The estimates are blind to concept shift
+and are never evidence for an incident: :func:`run_performance` stores them
+but returns only the labelled checks, which the policy judges.
 """
 
 from __future__ import annotations
@@ -48,20 +70,29 @@ from detectors import (
     calibration_slope_intercept,
     expected_calibration_error,
 )
-from detectors.cbpe import estimate_performance
-from detectors.cusum import bernoulli_reference, cusum, decision_interval
+from detectors.cbpe import Calibrator, estimate_performance
+from detectors.cusum import bernoulli_reference, cusum, decision_interval_for_time
 from detectors.performance import Proportion
 from surveillance.analysis.windows import Window, backward_windows, floor_day
 from surveillance.core.config import PerformanceConfig
 from surveillance.core.metrics import metric as metric_info
 from surveillance.core.metrics import metric_keys
+from surveillance.core.statuses import PerformanceStatus
 from surveillance.store import CaseTable, ModelInfo, PerformanceCheck, Store
 from surveillance.store.domain import PerformanceCheckDraft
 
-#: Cases of the metric's class (positives for sensitivity) between false alarms
-#: of the CUSUM chart when performance is at its clearance value.
-CUSUM_IN_CONTROL_ARL = 1000.0
 ESTIMATED_METRICS = tuple(k for k in metric_keys() if metric_info(k).estimable)
+#: What each metric's denominator counts, for "which cases are short".
+DENOMINATOR = {
+    "sensitivity": "positives",
+    "specificity": "negatives",
+    "ppv": "predicted positives",
+    "npv": "predicted negatives",
+    "auroc": "cases of the rarer class",
+    "ece": "labelled cases",
+}
+#: CUSUM alarms within the window and the one before it that make it persistent.
+CUSUM_PERSISTENT_ALARMS = 2
 
 
 def judge(
@@ -72,19 +103,43 @@ def judge(
     n: int,
     alert_limit: float | None,
     min_samples: int,
+    max_interval_width: float = 0.25,
 ) -> str:
-    """The status of one metric estimate against its alert limit."""
-    if n < min_samples or value is None or math.isnan(value):
-        return "insufficient_data"
-    if alert_limit is None:
-        return "ok"
-    if not metric_info(metric).higher_is_better:
-        if lower is not None and lower > alert_limit:
-            return "breach"
-        return "warning" if value > alert_limit else "ok"
-    if upper is not None and upper < alert_limit:
-        return "breach"
-    return "warning" if value < alert_limit else "ok"
+    """The status of one metric estimate against its alert limit (module docstring)."""
+    insufficient = PerformanceStatus.INSUFFICIENT_DATA.value
+    if n <= 0 or value is None or math.isnan(value):
+        return insufficient
+    has_interval = lower is not None and upper is not None
+    if alert_limit is None or not has_interval:
+        if n < min_samples:
+            return insufficient
+        if alert_limit is None:
+            return PerformanceStatus.OK.value
+    higher = metric_info(metric).higher_is_better
+    worse = (value < alert_limit) if higher else (value > alert_limit)
+    if not has_interval:
+        return (PerformanceStatus.WARNING if worse else PerformanceStatus.OK).value
+    assert lower is not None and upper is not None
+    if (upper < alert_limit) if higher else (lower > alert_limit):
+        return PerformanceStatus.BREACH.value
+    if (lower >= alert_limit) if higher else (upper <= alert_limit):
+        return PerformanceStatus.OK.value
+    if upper - lower > max_interval_width:
+        return insufficient
+    return (PerformanceStatus.WARNING if worse else PerformanceStatus.OK).value
+
+
+def undecided(
+    metric: str, lower: float | None, upper: float | None, n: int, settings: PerformanceConfig
+) -> dict[str, Any]:
+    """Why an ``insufficient_data`` row could not decide: which cases are short, and how many."""
+    why: dict[str, Any] = {"short": DENOMINATOR.get(metric, "cases"), "n": n}
+    if lower is not None and upper is not None:
+        why["interval_width"] = upper - lower
+        why["max_interval_width"] = settings.max_interval_width
+    else:
+        why["min_samples"] = settings.min_samples
+    return why
 
 
 def _none_if_nan(x: float) -> float | None:
@@ -112,6 +167,18 @@ def _metric_rows(
     ) -> None:
         baseline = model.baseline(finding, metric, stratum)
         limit = baseline.alert_limit if baseline else None
+        status = judge(
+            metric,
+            value,
+            lower,
+            upper,
+            n,
+            limit,
+            settings.min_samples,
+            settings.max_interval_width,
+        )
+        if status == PerformanceStatus.INSUFFICIENT_DATA:
+            details = {**details, "undecided": undecided(metric, lower, upper, n, settings)}
         rows.append(
             {
                 "metric": metric,
@@ -121,7 +188,7 @@ def _metric_rows(
                 "n": n,
                 "baseline_value": baseline.value if baseline else None,
                 "alert_limit": limit,
-                "status": judge(metric, value, lower, upper, n, limit, settings.min_samples),
+                "status": status,
                 "details": details,
             }
         )
@@ -169,9 +236,19 @@ def _metric_rows(
 
 
 @lru_cache(maxsize=256)
-def _cusum_design(p0: float, p1: float) -> tuple[float, float]:
+def _cusum_design(
+    p0: float, p1: float, cases_per_day: float, arl0_days: float
+) -> tuple[float, float]:
     k = bernoulli_reference(p0, p1)
-    return k, decision_interval(p0, k, CUSUM_IN_CONTROL_ARL)
+    return k, decision_interval_for_time(p0, p1, cases_per_day, arl0_days)
+
+
+def _per_day(times: np.ndarray) -> float:
+    """Cases a day over the span of ``times`` (at least one day)."""
+    if times.size == 0:
+        return 0.0
+    span = (times[-1] - times[0]) / np.timedelta64(1, "D")
+    return float(times.size) / max(float(span), 1.0)
 
 
 def _cusum_state(
@@ -181,38 +258,49 @@ def _cusum_state(
     metric: str,
     errors: np.ndarray,
     times: np.ndarray,
-    until: np.datetime64,
+    window: Window,
+    settings: PerformanceConfig,
 ) -> dict[str, Any] | None:
-    """CUSUM of ``errors`` (time-ordered) over the cases before ``until``; None if no design.
+    """Restarting CUSUM of ``errors`` (time-ordered) over the cases before the window's end.
 
     The chart looks for the error rate moving from the clearance value's
-    (``1 - baseline``) to the alert limit's (``1 - alert_limit``).
+    (``1 - baseline``) to the alert limit's (``1 - alert_limit``); ``h`` gives
+    one false alarm per ``cusum_arl0_days`` at the stratum's volume. None when
+    there is no design (no baseline, or no cases of the class).
     """
     baseline = model.baseline(finding, metric, stratum)
     if baseline is None:
         return None
     p0, p1 = 1.0 - baseline.value, 1.0 - baseline.alert_limit
-    if not 0.0 < p0 < p1 < 1.0:
+    per_day = _per_day(times)
+    if not 0.0 < p0 < p1 < 1.0 or per_day * settings.cusum_arl0_days <= 1.0:
         return None
-    k, h = _cusum_design(round(p0, 6), round(p1, 6))
-    upto = int(np.searchsorted(times, until, side="left"))
-    result = cusum(errors[:upto], target=p0, k=k, h=h)
-    alarm_at = (
-        str(np.datetime_as_string(times[result.alarm_index], unit="s")) + "Z"
-        if result.alarm_index is not None
-        else None
+    k, h = _cusum_design(
+        round(p0, 6), round(p1, 6), round(per_day, 3), float(settings.cusum_arl0_days)
     )
+    until = np.datetime64(window.end.replace(tzinfo=None), "us")
+    since = np.datetime64((window.start - (window.end - window.start)).replace(tzinfo=None), "us")
+    upto = int(np.searchsorted(times, until, side="left"))
+    result = cusum(errors[:upto], target=p0, k=k, h=h, restart=True)
+    alarm_times = [times[i] for i in result.alarm_indices]
+    recent = [t for t in alarm_times if t >= since]
     return {
         "error": "missed positive" if metric == "sensitivity" else "false alarm on a negative",
         "target_error_rate": p0,
         "shift_to_detect": p1,
         "k": k,
         "h": h,
-        "in_control_arl": CUSUM_IN_CONTROL_ARL,
+        "arl0_days": settings.cusum_arl0_days,
+        "cases_per_day": per_day,
+        "in_control_arl_cases": per_day * settings.cusum_arl0_days,
+        "restart": True,
         "n": result.n,
         "statistic": result.statistic,
-        "alarm": result.alarmed,
-        "alarm_at": alarm_at,
+        "alarm": bool(recent),
+        "alarms_total": len(alarm_times),
+        "alarms_recent": len(recent),
+        "alarm_at": str(np.datetime_as_string(recent[-1], unit="s")) + "Z" if recent else None,
+        "persistent": len(recent) >= CUSUM_PERSISTENT_ALARMS,
     }
 
 
@@ -238,14 +326,19 @@ def _estimated_rows(
     stratum: str,
     scores: np.ndarray,
     settings: PerformanceConfig,
+    calibration: tuple[Calibrator | None, str],
 ) -> list[dict[str, Any]]:
     """CBPE rows for a window whose labels have not matured (see detectors.cbpe)."""
     threshold = model.findings[finding]
     if scores.size == 0:
         return []
-    estimate = estimate_performance(scores, threshold, confidence=settings.confidence)
+    calibrator, calibrated_on = calibration
+    estimate = estimate_performance(
+        scores, threshold, confidence=settings.confidence, calibrator=calibrator
+    )
     details = {
         "method": "CBPE",
+        "calibration": calibrated_on,
         "assumption": estimate.assumption,
         "threshold": threshold,
         "expected_tp": estimate.expected_tp,
@@ -271,12 +364,37 @@ def _estimated_rows(
                 "baseline_value": baseline.value if baseline else None,
                 "alert_limit": limit,
                 "status": judge(
-                    name, metric.value, metric.lower, metric.upper, n, limit, settings.min_samples
+                    name,
+                    metric.value,
+                    metric.lower,
+                    metric.upper,
+                    n,
+                    limit,
+                    settings.min_samples,
+                    settings.max_interval_width,
                 ),
                 "details": dict(details),
             }
         )
     return rows
+
+
+def _calibration(
+    cases: CaseTable,
+    selected: np.ndarray,
+    settings: PerformanceConfig,
+    stratum: str,
+    fallback: tuple[Calibrator | None, str] | None,
+) -> tuple[Calibrator | None, str]:
+    """Isotonic calibrator on the matured, labelled cases of ``selected`` (module docstring)."""
+    labelled = selected & (cases.label >= 0)
+    labels = cases.label[labelled]
+    if int(labelled.sum()) >= settings.min_samples and 0 < int(labels.sum()) < labels.size:
+        calibrator = Calibrator().fit(cases.score[labelled], labels.astype(int))
+        return calibrator, f"isotonic on {int(labelled.sum())} labelled cases ({stratum})"
+    if fallback is not None:
+        return fallback
+    return None, "none: raw scores taken as calibrated (no labelled reference yet)"
 
 
 def _current_window(as_of: datetime, horizon: datetime, days: int) -> Window | None:
@@ -319,12 +437,21 @@ def run_performance(
         threshold = model.findings[finding]
         cases = store.checks.case_table(model.id, finding, None, last)
         in_span = cases.predicted_at >= np.datetime64(first.replace(tzinfo=None), "us")
+        matured = cases.predicted_at < np.datetime64(horizon.replace(tzinfo=None), "us")
+        overall_calibration = _calibration(cases, matured, settings, "overall", None)
         for stratum_kind in settings.strata:
             strata = cases.stratum(stratum_kind)
             for value in sorted(set(strata[in_span])):
                 in_stratum = strata == value
                 stratum = "overall" if stratum_kind == "overall" else f"{stratum_kind}={value}"
                 series = _cusum_series(cases, in_stratum, threshold)
+                calibration = (
+                    _calibration(
+                        cases, matured & in_stratum, settings, stratum, overall_calibration
+                    )
+                    if current is not None
+                    else overall_calibration
+                )
                 for window, estimated in judged:
                     selected = window.mask(cases.predicted_at) & in_stratum
                     labelled = selected & (cases.label >= 0)
@@ -334,7 +461,7 @@ def run_performance(
                     fraction = float(labelled.sum()) / total
                     if estimated:
                         metric_rows = _estimated_rows(
-                            model, finding, stratum, cases.score[selected], settings
+                            model, finding, stratum, cases.score[selected], settings, calibration
                         )
                     else:
                         metric_rows = _metric_rows(
@@ -345,15 +472,27 @@ def run_performance(
                             cases.score[labelled],
                             settings,
                         )
-                    end = np.datetime64(window.end.replace(tzinfo=None), "us")
                     for row in metric_rows:
                         if row["metric"] in series:
                             errors, times = series[row["metric"]]
                             state = _cusum_state(
-                                model, finding, stratum, row["metric"], errors, times, end
+                                model,
+                                finding,
+                                stratum,
+                                row["metric"],
+                                errors,
+                                times,
+                                window,
+                                settings,
                             )
                             if state is not None:
                                 row["details"] = {**row["details"], "cusum": state}
+                                if (
+                                    not estimated
+                                    and state["persistent"]
+                                    and row["status"] == PerformanceStatus.OK
+                                ):
+                                    row["status"] = PerformanceStatus.WARNING.value
                         rows.append(
                             PerformanceCheckDraft(
                                 **row,
@@ -371,4 +510,4 @@ def run_performance(
     return [c for c in stored if not c.estimated]
 
 
-__all__ = ["CUSUM_IN_CONTROL_ARL", "judge", "run_performance"]
+__all__ = ["CUSUM_PERSISTENT_ALARMS", "DENOMINATOR", "judge", "run_performance", "undecided"]

@@ -8,18 +8,35 @@ imports another and nothing outside this package imports it.
 from surveillance.cli import (
     admin,
     alerts,
+    bench,
     checks,
     dicom,
     embed,
     incidents,
     intake,
     kafka,
+    qms,
     reports,
+    results,
     scheduler,
 )
 from surveillance.cli.app import cli, main
 
-for _area in (admin, intake, kafka, dicom, embed, checks, incidents, alerts, scheduler, reports):
+for _area in (
+    admin,
+    intake,
+    kafka,
+    dicom,
+    embed,
+    checks,
+    incidents,
+    alerts,
+    results,
+    scheduler,
+    reports,
+    qms,
+    bench,
+):
     _area.register(cli)
 
 __all__ = ["cli", "main"]

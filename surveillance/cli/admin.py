@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import sys
 from pathlib import Path
 
@@ -133,15 +135,63 @@ def audit() -> None:
 
 
 @audit.command("verify")
+@click.option(
+    "--expect-head",
+    metavar="HASH",
+    default=None,
+    help="A head hash recorded earlier outside the database (an alert, an export): it must "
+    "still be in the chain.",
+)
+@click.option(
+    "--expect-count",
+    metavar="N",
+    type=click.IntRange(0),
+    default=None,
+    help="The event count recorded with that head: the chain must have at least N events "
+    "and the head must be event N.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def audit_verify(app: AppContext, as_json: bool) -> None:
-    """Check that no audit event was edited or deleted (exit 1 if one was)."""
-    report = app.store().audit.verify()
+def audit_verify(
+    app: AppContext, expect_head: str | None, expect_count: int | None, as_json: bool
+) -> None:
+    """Check that no audit event was edited or deleted (exit 1 if one was).
+
+    Events are keyed with the audit key ([service] audit_key_file, else derived
+    from the pseudonym key), so a chain recomputed without the key fails; an
+    anchor recorded outside the database (--expect-head, --expect-count) also
+    catches deleting the newest events.
+    """
+    if expect_head is not None and not re.fullmatch(r"[0-9a-f]{64}", expect_head):
+        raise UsageError(f"--expect-head must be 64 lowercase hex digits, got {expect_head!r}")
+    store = app.store()
+    try:
+        report = store.audit.verify(expect_head=expect_head, expect_count=expect_count)
+        keyed = store.audit.key is not None
+    finally:
+        store.close()
+    if report.unverified_events:
+        report = dataclasses.replace(
+            report,
+            problems=(
+                *report.problems,
+                f"{report.unverified_events} keyed event(s) cannot be verified without the "
+                "audit key: set [service] audit_key_file (or the pseudonym key it is derived "
+                "from) as the writers had it",
+            ),
+        )
     if as_json:
-        print_json({**_jsonable(report), "ok": report.ok})
+        print_json({**_jsonable(report), "ok": report.ok, "keyed": keyed})
     elif report.ok:
-        click.echo(f"audit chain intact: {report.events} events, head {report.head_hash}")
+        click.echo(
+            f"audit chain intact: {report.events} events, head {report.head_hash}"
+            + ("" if keyed else " (no audit key configured: unkeyed SHA-256 only)")
+            + (
+                f"; {report.unkeyed_events} event(s) from before the audit key are unkeyed"
+                if keyed and report.unkeyed_events
+                else ""
+            )
+        )
     else:
         click.echo(f"audit chain BROKEN ({len(report.problems)} problem(s)):", err=True)
         for problem in report.problems:
@@ -152,7 +202,7 @@ def audit_verify(app: AppContext, as_json: bool) -> None:
 
 @click.group()
 def keys() -> None:
-    """The pseudonym (HMAC) key."""
+    """The pseudonym (HMAC) key and the export signing key pair."""
 
 
 @keys.command("generate")
@@ -165,6 +215,23 @@ def keys_generate(path: Path) -> None:
     click.echo(
         f"wrote {path}; set SURVEILLANCE_PSEUDONYM_KEY_FILE={path} and back it up "
         "separately from the database"
+    )
+
+
+@keys.command("signing")
+@click.argument("path", type=click.Path(path_type=Path))
+def keys_signing(path: Path) -> None:
+    """Write an Ed25519 key pair for signing Article 72 exports: PATH (private, 0600)
+    and PATH.pub (public, to hand to whoever verifies); refuses to overwrite."""
+    from surveillance.outputs.exports.signing import generate_signing_key
+
+    pair = generate_signing_key(path)
+    click.echo(f"wrote {pair.private} (private key, mode 0600: keep it in the QMS, never share)")
+    click.echo(f"wrote {pair.public} (public key: give it to whoever verifies the exports)")
+    click.echo(f"key id {pair.key_id}")
+    click.echo(
+        f"sign: surveillance export article72 ... --sign {pair.private}; verify: "
+        f"surveillance export verify DIR --public-key {pair.public}"
     )
 
 
@@ -193,6 +260,9 @@ def run(app: AppContext, once: bool) -> None:
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
         )
         logging.getLogger("apscheduler").setLevel(logging.WARNING)  # our ledger logs each run
+        from surveillance.core.phi_logging import install_phi_filter
+
+        install_phi_filter()  # again, for the handlers just added: UIDs never reach the log
     if once:
         ran = run_once(store, [j for j in jobs if j.id in ONCE_JOBS], context, now=utcnow())
         click.echo(

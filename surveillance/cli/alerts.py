@@ -69,9 +69,10 @@ def vars_of(item: object) -> dict[str, object]:
 
 @click.command("retry")
 @click.argument("delivery_id", type=int, required=False)
-@click.option("--by", "actor", default="cli", show_default=True)
+@click.option("--by", "actor", required=True, help="Who re-arms (name or handle).")
+@click.option("--json", "as_json", is_flag=True)
 @pass_app
-def alerts_retry(app: AppContext, delivery_id: int | None, actor: str) -> None:
+def alerts_retry(app: AppContext, delivery_id: int | None, actor: str, as_json: bool) -> None:
     """Re-arm failed deliveries (or one by id) and send what is due now."""
     from surveillance.incidents.alerts.delivery import process_alerts
 
@@ -79,6 +80,9 @@ def alerts_retry(app: AppContext, delivery_id: int | None, actor: str) -> None:
     now = utcnow()
     count = store.outbox.rearm(now=now, delivery_id=delivery_id, actor=actor)
     report = process_alerts(store, app.settings, now=now)
+    if as_json:
+        print_json({"rearmed": count, **vars_of(report)})
+        return
     click.echo(
         f"re-armed {count} delivery(ies); delivered {report.delivered}, "
         f"retrying {report.retrying}, failed {report.failed}"
@@ -87,9 +91,14 @@ def alerts_retry(app: AppContext, delivery_id: int | None, actor: str) -> None:
 
 @click.command("test")
 @click.option("--channel", "channel_name", default=None, help="Only this channel.")
+@click.option("--json", "as_json", is_flag=True)
 @pass_app
-def alerts_test(app: AppContext, channel_name: str | None) -> None:
-    """Send a test message to each configured channel (nothing is recorded)."""
+def alerts_test(app: AppContext, channel_name: str | None, as_json: bool) -> None:
+    """Send a test message to each configured channel (nothing is recorded).
+
+    Alertmanager gets an alert named ``SurveillanceTest`` (severity ``low``, ending
+    after 5 minutes), never one that looks like an incident.
+    """
     from surveillance.incidents.alerts.channels import ChannelError, render, send
     from surveillance.incidents.alerts.messages import AlertMessage
 
@@ -99,7 +108,9 @@ def alerts_test(app: AppContext, channel_name: str | None) -> None:
         raise UsageError(f"no alert channel {channel_name or ''} configured (configured: {known})")
     now = datetime.now(UTC)
     message = AlertMessage(
-        kind="open",
+        kind="test",
+        alertname="SurveillanceTest",
+        runbook_url=app.settings.service.runbook_url,
         incident_id=0,
         model="test",
         severity="low",
@@ -117,13 +128,20 @@ def alerts_test(app: AppContext, channel_name: str | None) -> None:
         incident_command="surveillance incidents list",
     )
     failures = 0
+    outcome: dict[str, str] = {}
     for channel in channels:
         try:
             send(channel, render(channel, message, now))
-            click.echo(f"{channel.name} ({channel.type}): delivered")
+            outcome[channel.name] = "delivered"
+            if not as_json:
+                click.echo(f"{channel.name} ({channel.type}): delivered")
         except ChannelError as exc:
             failures += 1
-            click.echo(f"{channel.name} ({channel.type}): FAILED: {exc}", err=True)
+            outcome[channel.name] = f"failed: {exc}"
+            if not as_json:
+                click.echo(f"{channel.name} ({channel.type}): FAILED: {exc}", err=True)
+    if as_json:
+        print_json(outcome)
     if failures:
         raise click.ClickException(f"{failures} channel(s) failed")
 

@@ -39,9 +39,14 @@ class AppContext:
         return self._settings
 
     def store(self, *, require_current_schema: bool = True) -> Store:
-        return Store.open(
+        from surveillance.intake.pseudonym import load_audit_key
+
+        store = Store.open(
             self.settings.service.db_url, require_current_schema=require_current_schema
         )
+        if require_current_schema:  # an old schema has no audit_event.key_id yet
+            store.audit.use_key(load_audit_key(self.settings.service))
+        return store
 
     def pseudonymizer(self) -> Any:
         from surveillance.intake.pseudonym import load_pseudonymizer
@@ -103,6 +108,10 @@ def group(name: str, help_text: str) -> click.Group:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: maps the project's errors to one-line messages and exit codes."""
+    from surveillance.core.phi_logging import install_phi_filter
+
+    # pydicom/pynetdicom warnings quote UIDs and values: redact them everywhere
+    install_phi_filter()
     try:
         cli.main(args=argv, prog_name="surveillance", standalone_mode=False)
     except click.exceptions.Abort:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import click
 
-from surveillance.cli.app import AppContext, pass_app, print_json
+from surveillance.cli.app import AppContext, group, pass_app, print_json
 from surveillance.store.types import utcnow
 
 
@@ -26,14 +26,21 @@ def check(app: AppContext, model_name: str | None, as_of: datetime | None, as_js
 
     moment = as_of.replace(tzinfo=UTC) if as_of else utcnow()
     results = run_checks(app.store(), app.settings, as_of=moment, model_name=model_name)
+    from surveillance.incidents.alerts.delivery import deliver_now
+
+    # pages of new incidents leave now, not at the daemon's next tick (failures stay queued)
+    deliver_now(app.store(), app.settings)
     summary = [
         {
             "model": r.model.name,
             "drift_checks": len(r.drift),
             "drifted": sum(c.status == "drift" for c in r.drift),
+            "below_tolerance": sum(c.status == "below_tolerance" for c in r.drift),
+            "drift_undecided": sum(c.status == "insufficient_data" for c in r.drift),
             "performance_checks": len(r.performance),
             "breaches": sum(c.status == "breach" for c in r.performance),
             "warnings": sum(c.status == "warning" for c in r.performance),
+            "performance_undecided": sum(c.status == "insufficient_data" for c in r.performance),
             "incidents_opened": [i.id for i in r.policy.opened],
             "incidents_updated": [i.id for i in r.policy.updated],
         }
@@ -44,13 +51,41 @@ def check(app: AppContext, model_name: str | None, as_of: datetime | None, as_js
         return
     for s in summary:
         click.echo(
-            f"{s['model']}: {s['drift_checks']} drift checks ({s['drifted']} drifted), "
+            f"{s['model']}: {s['drift_checks']} drift checks ({s['drifted']} drifted, "
+            f"{s['below_tolerance']} significant but below tolerance, "
+            f"{s['drift_undecided']} undecided), "
             f"{s['performance_checks']} performance checks ({s['breaches']} breaches, "
-            f"{s['warnings']} warnings); incidents opened {s['incidents_opened'] or 'none'}, "
+            f"{s['warnings']} warnings, {s['performance_undecided']} undecided); "
+            f"incidents opened {s['incidents_opened'] or 'none'}, "
             f"updated {s['incidents_updated'] or 'none'}"
         )
+
+
+@click.command("detection")
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def bench_detection(app: AppContext, runs: int, seed: int, as_json: bool) -> None:
+    """False-alarm rate and power per signal family, beside the goals (seeded simulation)."""
+    from surveillance.analysis.detection_bench import run_detection_bench
+
+    figures = run_detection_bench(runs=runs, seed=seed, config=app.settings.drift)
+    if as_json:
+        print_json(figures)
+        return
+    for name, f in figures["families"].items():
+        rates = (
+            f"false alarms {f['false_alarm_rate']:.2f}, power {f['power']:.2f}"
+            if "power" in f
+            else ", ".join(f"{k}: {v['status']}" for k, v in f.items() if isinstance(v, dict))
+        )
+        click.echo(f"{name}: {rates}  (goal: {f['goal']})")
 
 
 def register(cli: click.Group) -> None:
     """Attach this area's commands to the root group."""
     cli.add_command(check)
+    group("bench", "Benchmarks that print JSON figures for sizing a site.").add_command(
+        bench_detection
+    )

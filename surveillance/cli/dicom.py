@@ -36,6 +36,9 @@ def _configure_logging() -> None:
     # pynetdicom logs every PDU and the UIDs of each request at INFO/DEBUG.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    from surveillance.core.phi_logging import install_phi_filter
+
+    install_phi_filter()  # again, for the handlers just added: UIDs never reach the log
 
 
 def register(cli: click.Group) -> None:
@@ -98,7 +101,13 @@ def receive(
 ) -> None:
     """Run the DICOM C-STORE receiver in the foreground until SIGTERM/SIGINT."""
     from connectors.dicom_scp import StorageReceiver
-    from surveillance.intake.dicom import DropFolderWatcher, intake_for, sweep_spool
+    from surveillance.intake.dicom import (
+        DropFolderWatcher,
+        accepted_sop_classes,
+        check_spool_dir,
+        intake_for,
+        sweep_spool,
+    )
     from surveillance.scheduling.services import dicom_ssl_context
 
     _configure_logging()
@@ -114,6 +123,7 @@ def receive(
     allowed = allowed or tuple(config.allowed_calling_aets)
     max_bytes = config.max_file_bytes if max_mb is None else max_mb * MIB
     intake = intake_for(app, max_bytes=max_bytes)
+    check_spool_dir(intake.store, intake.spool_dir)
     swept = sweep_spool(intake.store, intake.spool_dir, older_than_s=sweep_after)
     try:
         receiver = StorageReceiver(
@@ -124,6 +134,7 @@ def receive(
             allowed_calling_aets=list(allowed) or None,
             ssl_context=context,
             max_bytes=max_bytes,
+            accepted_sop_classes=accepted_sop_classes(config.accepted_sop_classes),
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from exc

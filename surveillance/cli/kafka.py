@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from surveillance.cli.app import AppContext, group, pass_app, print_json
-from surveillance.core.errors import UsageError
+from surveillance.core.errors import StoreError, UsageError
 
 _consumer_options = [
     click.option("--bootstrap", default=None, help="Kafka bootstrap servers (host:port,...)."),
@@ -92,7 +92,8 @@ def _service(
             f"--heartbeat-ms {heartbeat_ms} must be at most a third of "
             f"--session-timeout-ms {session_timeout_ms}"
         )
-    ingestor = Ingestor(store, app.pseudonymizer(), batch_size=batch_size)
+    ingestor = Ingestor.for_settings(store, app.pseudonymizer(), app.settings)
+    ingestor.batch_size = batch_size
     return KafkaIngestService(
         store,
         ingestor,
@@ -150,6 +151,9 @@ def kafka_consume(
 ) -> None:  # fmt: skip
     """Consume the three topics into the database (the consumer alone, no scheduler)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from surveillance.core.phi_logging import install_phi_filter
+
+    install_phi_filter()  # again, for the handler just added
     service = _service(app, app.store(), **options)
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -171,6 +175,12 @@ def kafka_consume(
     stop.set()
     health = service.health()
     click.echo(_health_line(health))
+    if service.halted is not None:  # [kafka] on_offset_out_of_range = "stop"
+        raise StoreError(
+            f"consumer stopped: {service.halted}; an intake incident was raised. Fix the "
+            "broker or the stored offsets, or set [kafka] on_offset_out_of_range = "
+            '"earliest" to re-read from the log start'
+        )
     if once and stopped_early:
         raise click.ClickException("stopped before every partition was caught up")
 
@@ -202,6 +212,8 @@ def kafka_lag(app: AppContext, bootstrap: str | None, group_id: str | None, as_j
             "stored": stored.get((t, p)),
             "end": ends.get((t, p)),
             "lag": None if (t, p) not in ends else ends[(t, p)] - stored.get((t, p), 0),
+            # a stored offset beyond the log end: the log was lost or the topic recreated
+            "out_of_range": (t, p) in ends and stored.get((t, p), 0) > ends[(t, p)],
         }
         for t, p in sorted(set(stored) | set(ends))
     ]
@@ -215,7 +227,11 @@ def kafka_lag(app: AppContext, bootstrap: str | None, group_id: str | None, as_j
             str(r["partition"]),
             "-" if r["stored"] is None else str(r["stored"]),
             "-" if r["end"] is None else str(r["end"]),
-            "-" if r["lag"] is None else str(r["lag"]),
+            "-"
+            if r["lag"] is None
+            else f"{r['lag']} OUT OF RANGE (see [kafka] on_offset_out_of_range)"
+            if r["out_of_range"]
+            else str(r["lag"]),
         )
     Console(width=160).print(table)
 
@@ -292,7 +308,9 @@ def bench_ingest(
 
     Produces MESSAGES predictions to a new topic, consumes them with the
     real intake (validation, pseudonyms, idempotent writes, offsets) and
-    times it; then COPYs the same rows into a scratch table. Writes into
+    times it beside a bare kafka-python consumer reading the same topic
+    (no decoding, no database) in the same run; then COPYs the same rows into
+    an unindexed scratch table (the database yardstick). Writes into
     the database it is pointed at and deletes its rows afterwards (unless
     --keep): use a scratch database. Needs a broker and PostgreSQL.
     """
@@ -312,6 +330,50 @@ def register(cli: click.Group) -> None:
     kafka.add_command(kafka_lag)
     deadletters.add_command(deadletters_replay)
     bench.add_command(bench_ingest)
+
+
+def _bare_consume(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    messages: int,
+    timeout: float,
+    max_records: int,
+    check_crcs: bool,
+) -> tuple[int, float]:
+    """A bare kafka-python consumer reading ``topic`` from the start: (records, seconds).
+
+    The yardstick for the intake's Kafka path: same client library, same fetch
+    sizes and record batch as :class:`connectors.kafka.KafkaSource`, no group,
+    no decoding, no database. Timed from the first record to the last.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap.split(","),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_records,
+        fetch_max_bytes=32 << 20,
+        max_partition_fetch_bytes=4 << 20,
+        check_crcs=check_crcs,
+    )
+    try:
+        assigned = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        count, first, last = 0, 0.0, 0.0
+        deadline = time.monotonic() + timeout
+        while count < messages and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=500, max_records=max_records).values():
+                if records and not first:
+                    first = time.perf_counter()
+                count += len(records)
+            last = time.perf_counter()
+    finally:
+        consumer.close()
+    return count, (last - first) if first else 0.0
 
 
 def _bench_ingest(
@@ -386,6 +448,15 @@ def _bench_ingest(
     finally:
         producer.close()
 
+    bare_count, bare_s = _bare_consume(
+        bootstrap,
+        topic,
+        partitions,
+        messages,
+        timeout,
+        options["batch_size"],
+        options["check_crcs"],
+    )
     options = {**options, "group_id": group_id, "bootstrap": bootstrap}
     service = _service(app, store, topics={topic: "prediction"}, **options)
     stop = threading.Event()
@@ -428,6 +499,15 @@ def _bench_ingest(
         "ingest_seconds": round(ingest_s, 3),
         "ingest_msgs_per_s": None if ingest_rate is None else round(ingest_rate),
         "ingest_msgs_per_s_with_join": round(rows / (done - consume_started)),
+        "bare_consumer_msgs": bare_count,
+        "bare_consumer_seconds": round(bare_s, 3),
+        "bare_consumer_msgs_per_s": round(bare_count / bare_s) if bare_s > 0 else None,
+        "ingest_to_bare_consumer_ratio": (
+            None
+            if not ingest_rate or bare_s <= 0
+            else round(ingest_rate / (bare_count / bare_s), 3)
+        ),
+        "goal_ingest_to_bare_consumer_ratio": 0.8,
         "copy_rows": copied,
         "copy_seconds": round(copy_s, 3),
         "copy_rows_per_s": None if copy_rate is None else round(copy_rate),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,10 @@ DEFAULT_DB_URL = "sqlite:///surveillance.db"
 #: A complete, commented configuration for a realistic model (used by the demo).
 EXAMPLE_CONFIG = Path(__file__).parents[1] / "examples" / "cxr-pneumothorax.toml"
 METRICS = metric_keys()
+#: Embedding extractor keys (the registry of surveillance.analysis.embeddings.backbones,
+#: which core may not import; tests/test_intake_hardening.py keeps the two equal).
+KNOWN_EXTRACTORS = ("bbsd", "conv-ae", "exported", "torchscript", "torchvision")
+_UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
 
 
 class _Strict(BaseModel):
@@ -81,11 +86,39 @@ class ModelConfig(_Strict):
         description="finding name -> operating threshold on the score"
     )
     baselines: list[BaselineConfig] = Field(default_factory=list)
+    monitor_only: bool = Field(
+        default=False,
+        description="True: no clearance baselines, so drift is watched but no performance "
+        "breach can be judged. A model without baselines is refused unless this is set.",
+    )
+    # Device identification (MDCG 2022-21 Annex I), printed on the PMS report and in the
+    # Article 72 export; unset fields are shown as "to be completed".
+    udi_di: str | None = Field(
+        default=None, max_length=128, description="UDI-DI of this version, e.g. 0123456789ABCD"
+    )
+    basic_udi_di: str | None = Field(
+        default=None, max_length=128, description="Basic UDI-DI, e.g. 4069999SURVCXRPTXW7"
+    )
+    device_class: str | None = Field(
+        default=None, max_length=32, description="Risk class, e.g. 'IIa (MDR Rule 11)'"
+    )
+    notified_body: str | None = Field(
+        default=None, max_length=256, description="Notified body and number, e.g. 'TUV (0123)'"
+    )
+    certificate: str | None = Field(
+        default=None, max_length=256, description="Certificate number(s), e.g. 'MDR 712345'"
+    )
 
     @model_validator(mode="after")
     def _baselines_name_findings(self) -> ModelConfig:
         if not self.findings:
             raise ValueError(f"model {self.name!r} needs at least one finding")
+        if not self.baselines and not self.monitor_only:
+            raise ValueError(
+                f"model {self.name!r} has no [[models.baselines]]: add the clearance figures "
+                "(metric, value, alert_limit, source_document), or set monitor_only = true "
+                "to watch drift only"
+            )
         for baseline in self.baselines:
             if baseline.finding not in self.findings:
                 raise ValueError(
@@ -99,8 +132,63 @@ class ServiceConfig(_Strict):
     mode: Literal["production", "demo"] = "production"
     db_url: str = DEFAULT_DB_URL
     pseudonym_key_file: Path | None = None
+    audit_key_file: Path | None = Field(
+        default=None,
+        description="Hex key (as 'surveillance keys generate' writes) for the audit chain's "
+        "HMAC; default: derived from pseudonym_key_file. Kept outside the database.",
+    )
     dashboard_url: str | None = Field(
-        default=None, description="Grafana base URL used in alert links"
+        default=None,
+        description="Grafana base URL used in alert links, e.g. 'https://grafana.example.org' "
+        "(links go to the surveillance-drift / surveillance-performance dashboards)",
+    )
+    runbook_url: str | None = Field(
+        default=None,
+        description="Runbook for on-call, sent as the Alertmanager 'runbook_url' annotation, "
+        "e.g. 'https://wiki.example.org/surveillance/runbook'",
+    )
+    http_listen: str | None = Field(
+        default=None,
+        pattern=r"^[^\s:]*:[0-9]{1,5}$",
+        description="'HOST:PORT' where 'surveillance run' serves /healthz, /readyz and "
+        "/metrics, e.g. '0.0.0.0:9108'; unset: no HTTP endpoint",
+    )
+
+
+class ReportsConfig(_Strict):
+    """``[reports]``: where the scheduled quarterly PMS reports are written."""
+
+    out_dir: Path = Field(
+        default=Path("reports"),
+        description="Writable folder for scheduled PMS reports, e.g. '/var/lib/surveillance/"
+        "reports' (the k8s manifests mount a volume there)",
+    )
+
+
+class MinEffectConfig(_Strict):
+    """``[drift.min_effect]``: the tolerance per signal family, on its effect scale.
+
+    A check is ``drift`` only when it is significant after the window's
+    multiple-testing control *and* its effect size reaches this value;
+    significant but smaller is ``below_tolerance`` (shown, never an incident).
+    Example: ``[drift.min_effect] metadata = 0.2``.
+    """
+
+    score: Annotated[float, Field(ge=0)] = Field(
+        default=0.1, description="KS D on the model's scores (0.1: ~0.25 SD shift)"
+    )
+    acquisition: Annotated[float, Field(ge=0)] = Field(
+        default=0.1, description="largest KS D over kVp, pixel spacing, slice thickness"
+    )
+    metadata: Annotated[float, Field(ge=0)] = Field(
+        default=0.1, description="Cramér's V of a header field (0.1: small, 0.3: medium)"
+    )
+    embedding: Annotated[float, Field(ge=0)] = Field(
+        default=0.15,
+        description="KS D over principal components (ks-pca) and normalised MMD (mmd)",
+    )
+    image: Annotated[float, Field(ge=0)] = Field(
+        default=0.2, description="KS D of one image-quality feature (noise, sharpness, ...)"
     )
 
 
@@ -111,6 +199,15 @@ class DriftConfig(_Strict):
     min_samples: Annotated[int, Field(ge=5)] = 50
     persistence_windows: Annotated[int, Field(ge=1)] = 2
     strata: list[Literal["overall", "site", "scanner"]] = ["overall", "site", "scanner"]
+    correction: Literal["holm", "fdr_bh"] = Field(
+        default="fdr_bh",
+        description="Multiple-testing control within each window, across strata and signals",
+    )
+    min_effect: MinEffectConfig = Field(default_factory=MinEffectConfig)
+    image_min_samples: Annotated[int, Field(ge=5)] = Field(
+        default=20,
+        description="Fewest studies with images per side for the image:* and embedding tests",
+    )
 
 
 class PerformanceConfig(_Strict):
@@ -118,6 +215,16 @@ class PerformanceConfig(_Strict):
     maturity_days: Annotated[int, Field(ge=0)] = 30
     min_samples: Annotated[int, Field(ge=5)] = 30
     confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+    max_interval_width: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.25,
+        description="An interval that contains the alert limit and is wider than this "
+        "cannot decide: insufficient_data (narrower: judged by the point estimate)",
+    )
+    cusum_arl0_days: Annotated[float, Field(gt=0)] = Field(
+        default=365.0,
+        description="CUSUM in-control average run length in days of expected volume "
+        "(one false alarm a year by default)",
+    )
     strata: list[Literal["overall", "site", "scanner", "sex", "age_band"]] = [
         "overall",
         "site",
@@ -139,6 +246,12 @@ class KafkaConfig(_Strict):
     check_crcs: bool = Field(
         default=False, description="Verify record CRCs (slow in pure Python; as librdkafka)"
     )
+    on_offset_out_of_range: Literal["earliest", "stop"] = Field(
+        default="earliest",
+        description="When a stored offset lies outside the broker's log (log lost, topic "
+        "recreated): 'earliest' re-reads from the log start (idempotent), 'stop' stops the "
+        "consumer. Either way an intake incident is raised.",
+    )
 
 
 class DicomConfig(_Strict):
@@ -152,6 +265,18 @@ class DicomConfig(_Strict):
         default_factory=list, description="Empty: accept any calling AE title"
     )
     max_file_bytes: Annotated[int, Field(ge=1024)] = 512 * 1024 * 1024
+    max_decoded_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=2 * 1024**3,
+        description="Pixel budget: Rows x Columns x Frames x Samples x bytes per sample "
+        "declared by a header; larger instances are refused before any decode",
+    )
+    accepted_sop_classes: (
+        Literal["images", "all"] | list[Annotated[str, Field(max_length=64, pattern=_UID_PATTERN)]]
+    ) = Field(
+        default="images",
+        description="'images': the image storage classes (CT, MR, CR, DX, MG, US, SC, XA, NM, "
+        "PT); 'all': every storage class; or a list of SOP class UIDs",
+    )
     tls_certificate: Path | None = None
     tls_private_key: Path | None = None
     tls_ca_certificate: Path | None = Field(
@@ -161,11 +286,45 @@ class DicomConfig(_Strict):
 
 class EmbeddingConfig(_Strict):
     extractor: str = "conv-ae"
+
+    @field_validator("extractor")
+    @classmethod
+    def _known_extractor(cls, value: str) -> str:
+        if value not in KNOWN_EXTRACTORS:
+            raise ValueError(
+                f"unknown extractor {value!r}; expected one of {', '.join(KNOWN_EXTRACTORS)}"
+            )
+        return value
+
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 32
     decode_workers: Annotated[int, Field(ge=0, le=64)] = 2
     decode_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
     decode_memory_mb: Annotated[int, Field(ge=64)] = 2048
+
+
+class IntakeConfig(_Strict):
+    """Limits on what the intake accepts (every entry point)."""
+
+    not_before: datetime = Field(
+        default=datetime(2000, 1, 1, tzinfo=UTC),
+        description="Event times before this are dead-lettered (a broken clock, 1900, 0001)",
+    )
+    max_ahead_hours: Annotated[float, Field(ge=0, le=24 * 366)] = Field(
+        default=24.0, description="Event times more than this ahead of now are dead-lettered"
+    )
+    uncoded_reports_absent: bool = Field(
+        default=False,
+        description="True: a FHIR report without a known code means 'every finding absent'; "
+        "default: it is dead-lettered (an uncoded report says nothing about our findings)",
+    )
+
+    @field_validator("not_before")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("not_before needs a time zone, e.g. 2000-01-01T00:00:00Z")
+        return value.astimezone(UTC)
 
 
 class RetentionConfig(_Strict):
@@ -224,9 +383,11 @@ class Settings(_Strict):
     kafka: KafkaConfig = KafkaConfig()
     dicom: DicomConfig = DicomConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
+    intake: IntakeConfig = IntakeConfig()
     retention: RetentionConfig = RetentionConfig()
     schedules: SchedulesConfig = SchedulesConfig()
     alerts: list[AlertChannelConfig] = Field(default_factory=list)
+    reports: ReportsConfig = ReportsConfig()
 
     @field_validator("models")
     @classmethod
@@ -270,6 +431,16 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"configuration file {path} does not exist") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"configuration file {path} is not valid TOML: not UTF-8 at byte {exc.start}"
+        ) from exc
+    except RecursionError as exc:
+        raise ConfigError(
+            f"configuration file {path} is not valid TOML: arrays or tables nest too deeply"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
 
 
 def load_settings(
@@ -309,6 +480,7 @@ __all__ = [
     "AlertChannelConfig",
     "BaselineConfig",
     "DriftConfig",
+    "IntakeConfig",
     "ModelConfig",
     "PerformanceConfig",
     "Settings",

@@ -7,7 +7,9 @@ spelling it itself. An unknown key raises with the sorted list of known keys.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,8 @@ class Metric:
     key: str
     title: str
     phrase: str
+    #: What the metric's ``n`` counts ("positives" for sensitivity, ...).
+    denominator: str = "cases"
     higher_is_better: bool = True
     thresholded: bool = True
     estimable: bool = False
@@ -41,11 +45,15 @@ def register(metric: Metric) -> Metric:
     return metric
 
 
-SENSITIVITY = register(Metric("sensitivity", "Sensitivity", "sensitivity", estimable=True))
-SPECIFICITY = register(Metric("specificity", "Specificity", "specificity", estimable=True))
-PPV = register(Metric("ppv", "PPV", "PPV", estimable=True))
-NPV = register(Metric("npv", "NPV", "NPV", estimable=True))
-AUROC = register(Metric("auroc", "AUROC", "AUROC", thresholded=False))
+SENSITIVITY = register(
+    Metric("sensitivity", "Sensitivity", "sensitivity", "positives", estimable=True)
+)
+SPECIFICITY = register(
+    Metric("specificity", "Specificity", "specificity", "negatives", estimable=True)
+)
+PPV = register(Metric("ppv", "PPV", "PPV", "flagged cases", estimable=True))
+NPV = register(Metric("npv", "NPV", "NPV", "unflagged cases", estimable=True))
+AUROC = register(Metric("auroc", "AUROC", "AUROC", "positives", thresholded=False))
 ECE = register(
     Metric(
         "ece",
@@ -64,6 +72,19 @@ def metric(key: str) -> Metric:
     except KeyError:
         known = ", ".join(sorted(_REGISTRY))
         raise KeyError(f"unknown metric {key!r}; known metrics: {known}") from None
+
+
+def sample_phrase(key: str, n: int, details: Mapping[str, Any] | None = None) -> str:
+    """What a check's ``n`` is, in words: ``40 positives``; AUROC names both classes.
+
+    AUROC's stored ``n`` is the smaller class, so "n=40" would mislead; with the
+    class counts in ``details`` it reads ``40 positives, 1,203 negatives``.
+    """
+    details = details or {}
+    if key == "auroc" and "n_positive" in details and "n_negative" in details:
+        return f"{int(details['n_positive']):,} positives, {int(details['n_negative']):,} negatives"
+    found = _REGISTRY.get(key)
+    return f"{n:,} {found.denominator if found else 'cases'}"
 
 
 def metric_keys() -> tuple[str, ...]:
@@ -95,5 +116,6 @@ __all__ = [
     "metric_keys",
     "phrase",
     "register",
+    "sample_phrase",
     "title",
 ]

@@ -35,11 +35,20 @@ class Severity(StrEnum):
 class SignalKind(StrEnum):
     DRIFT = "drift"
     PERFORMANCE = "performance"
+    INTAKE = "intake"  # the data feed itself failed (e.g. Kafka offsets out of range)
 
 
 class DriftStatus(StrEnum):
+    """Outcome of one drift check.
+
+    ``drift``: significant after the window's multiple-testing control *and* the
+    effect size reaches ``[drift] min_effect``; ``below_tolerance``: significant
+    but smaller than the tolerance (shown, never an incident).
+    """
+
     OK = "ok"
     DRIFT = "drift"
+    BELOW_TOLERANCE = "below_tolerance"
     INSUFFICIENT_DATA = "insufficient_data"
 
 
@@ -67,6 +76,24 @@ class DeliveryStatus(StrEnum):
 class DeliveryKind(StrEnum):
     OPEN = "open"
     RESOLVE = "resolve"
+    #: an Alertmanager silence posted when on-call acknowledges the incident
+    SILENCE = "silence"
+
+
+class ReportAuthority(StrEnum):
+    """Authorities a vigilance report is made to (``incidents report --authority``)."""
+
+    EU_MDR = "eu-mdr"
+    FDA = "fda"
+
+
+class DeadlineStatus(StrEnum):
+    """A reporting deadline as shown to people: reported in time, too late, or still running."""
+
+    MET = "met"
+    MISSED = "missed"
+    OPEN = "open"
+    NOT_APPLICABLE = "not_applicable"
 
 
 class ReferenceKind(StrEnum):
@@ -91,6 +118,13 @@ class DiagnosisSource(StrEnum):
     FOLLOW_UP = "follow-up"
 
 
+class FscaStatus(StrEnum):
+    """A field safety corrective action (MDR Art. 83/89) as the QMS tracks it."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+
+
 def check_in(column: str, enum: type[StrEnum]) -> str:
     """SQL for a CHECK constraint: ``column IN ('a', 'b', ...)`` over the enum's values."""
     values = ", ".join(f"'{member.value}'" for member in enum)
@@ -99,14 +133,17 @@ def check_in(column: str, enum: type[StrEnum]) -> str:
 
 __all__ = [
     "OPEN_INCIDENT_STATUSES",
+    "DeadlineStatus",
     "DeliveryKind",
     "DeliveryStatus",
     "DiagnosisSource",
     "DriftStatus",
+    "FscaStatus",
     "IncidentStatus",
     "JobRunStatus",
     "PerformanceStatus",
     "ReferenceKind",
+    "ReportAuthority",
     "Severity",
     "SignalKind",
     "VigilanceClass",

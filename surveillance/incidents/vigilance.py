@@ -9,6 +9,11 @@ is needed to prevent an unreasonable risk of substantial harm to public health.
 Until a person assesses an incident it is ``assessment_pending``: its clock runs
 from awareness with the longest MDR deadline a serious incident could have (15
 days), so the deadline is never shown later than the law allows.
+
+Reports made to an authority are recorded with ``surveillance incidents report``
+(``store.incidents.record_report``); :func:`incident_deadlines` (also
+``store.incidents.deadlines(id)``) reads each deadline as met, missed, open or
+not applicable (:func:`deadline_state`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from surveillance.core.statuses import VigilanceClass
+from surveillance.store.incidents import deadline_state, incident_deadlines
 
 MDR_DAYS = {
     VigilanceClass.ASSESSMENT_PENDING: 15,
@@ -63,4 +69,11 @@ def time_left(deadline: datetime | None, now: datetime) -> str:
     return f"{text} left" if delta.total_seconds() >= 0 else f"overdue by {text}"
 
 
-__all__ = ["VigilanceClass", "add_work_days", "deadlines", "time_left"]
+__all__ = [
+    "VigilanceClass",
+    "add_work_days",
+    "deadline_state",
+    "deadlines",
+    "incident_deadlines",
+    "time_left",
+]

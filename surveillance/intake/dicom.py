@@ -21,6 +21,16 @@ retry later. A crash between steps 2 and 3 leaves an unreferenced ``.dcm`` (or a
 
 A header that cannot be accepted becomes a dead letter (source position,
 reason, SHA-256 and size only: the bytes of a DICOM file are never stored).
+
+Permanent and transient failures are told apart on every path. Permanent (the
+instance itself is bad: not DICOM, a NUL in a used value, a SOP class outside
+``[dicom] accepted_sop_classes``, a header declaring more decoded pixels than
+``[dicom] max_decoded_bytes``): a dead letter with the reason, a DICOM failure
+status over C-STORE (never Out of Resources, so the PACS stops retrying), and
+in the drop folder the file moves to ``rejected/`` beside a ``.reason.txt``.
+Transient (database or spool disk down): nothing is kept, C-STORE answers Out
+of Resources and a drop-folder file stays for the next poll; those log lines are
+rate-limited (one per minute per cause, with a count of the ones left out).
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,15 +51,18 @@ from typing import Any
 from pydicom import Dataset
 
 from connectors.dicom_files import (
+    DEFAULT_ACCEPTED_SOP_CLASSES,
     DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_DECODED_BYTES,
     NotDicom,
     iter_candidate_files,
     parse_header,
     read_regular_file,
+    scan_candidate_files,
 )
 from connectors.dicom_header import metadata_from_dataset
 from connectors.dicom_scp import IntakeResult, IntakeUnavailable, Outcome
-from surveillance.core.errors import InvalidRecord, StoreError, UsageError
+from surveillance.core.errors import ConfigError, InvalidRecord, StoreError, UsageError
 from surveillance.core.events import RawRecord, SourcePosition
 from surveillance.intake.ingest import Ingestor
 from surveillance.store import IngestBatch, Store
@@ -59,7 +73,45 @@ LOG = logging.getLogger(__name__)
 SPOOL_SUFFIX = ".dcm"
 PART_SUFFIX = ".part"
 DEAD_LETTER_KIND = "dicom-metadata"
-REJECTED_FOLDER = ".rejected"
+REJECTED_FOLDER = "rejected"
+REASON_SUFFIX = ".reason.txt"
+
+
+class RateLimitedLog:
+    """Logs a repeated message at most once per ``interval_s`` per key, counting the rest."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 60.0) -> None:
+        self.logger = logger
+        self.interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def warning(self, key: str, message: str, *args: object) -> bool:
+        """Log ``message`` unless ``key`` was logged within the interval; True if logged."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                self._suppressed[key] += 1
+                return False
+            self._last[key] = now
+            suppressed = self._suppressed.pop(key, 0)
+        if suppressed:
+            message += f" ({suppressed} similar message(s) suppressed)"
+        self.logger.warning(message, *args)
+        return True
+
+
+def accepted_sop_classes(setting: object) -> Collection[str] | None:
+    """``[dicom] accepted_sop_classes`` as a collection (None: every class)."""
+    if setting == "images":
+        return DEFAULT_ACCEPTED_SOP_CLASSES
+    if setting == "all":
+        return None
+    if isinstance(setting, list | tuple):
+        return tuple(str(uid) for uid in setting)
+    raise ConfigError(f"[dicom] accepted_sop_classes: unexpected value {setting!r}")
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -85,11 +137,15 @@ class DicomIntake:
         spool_dir: Path,
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+        accepted_sop_classes: Collection[str] | None = DEFAULT_ACCEPTED_SOP_CLASSES,
     ) -> None:
         self.store = store
         self.ingestor = ingestor
         self.spool_dir = Path(spool_dir)
         self.max_bytes = max_bytes
+        self.max_decoded_bytes = max_decoded_bytes
+        self.accepted_sop_classes = accepted_sop_classes
         try:
             self.spool_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -112,7 +168,11 @@ class DicomIntake:
             if len(data) > self.max_bytes:
                 raise InvalidRecord(f"instance is {len(data)} bytes; the limit is {self.max_bytes}")
             try:
-                header = parse_header(data)
+                header = parse_header(
+                    data,
+                    max_decoded_bytes=self.max_decoded_bytes,
+                    accepted_sop_classes=self.accepted_sop_classes,
+                )
             except NotDicom as exc:
                 raise InvalidRecord("not a DICOM Part 10 file (no DICM preamble)") from exc
             try:
@@ -255,11 +315,15 @@ class FolderCounts:
     duplicate: int = 0
     rejected: int = 0
     not_dicom: int = 0
+    skipped_links: int = 0
 
     def describe(self) -> str:
+        links = (
+            f", {self.skipped_links} symbolic link(s) not followed" if self.skipped_links else ""
+        )
         return (
             f"{self.stored} instance(s) stored, {self.duplicate} already stored, "
-            f"{self.rejected} dead letter(s), {self.not_dicom} not DICOM (skipped)"
+            f"{self.rejected} dead letter(s), {self.not_dicom} not DICOM (skipped){links}"
         )
 
 
@@ -285,7 +349,8 @@ def ingest_paths(intake: DicomIntake, paths: list[Path]) -> dict[Path, FolderCou
     results: dict[Path, FolderCounts] = {}
     for root in paths:
         tally: Counter[str] = Counter()
-        for path in iter_candidate_files([root]):
+        scan = scan_candidate_files([root])
+        for path in scan:
             try:
                 outcome = ingest_file(intake, path)
             except OSError as exc:  # vanished or unreadable: say so and go on
@@ -298,25 +363,72 @@ def ingest_paths(intake: DicomIntake, paths: list[Path]) -> dict[Path, FolderCou
             duplicate=tally["duplicate"],
             rejected=tally["rejected"],
             not_dicom=tally["not_dicom"],
+            skipped_links=scan.skipped_links,
         )
     return results
 
 
-def intake_for(app: Any, *, max_bytes: int = DEFAULT_MAX_BYTES) -> DicomIntake:
+def intake_for_settings(
+    store: Store, pseudonymizer: Any, settings: Any, *, max_bytes: int | None = None
+) -> DicomIntake:
+    """The intake with the ``[dicom]`` and ``[intake]`` limits of ``settings``."""
+    dicom = settings.dicom
+    return DicomIntake(
+        store,
+        Ingestor.for_settings(store, pseudonymizer, settings),
+        dicom.spool_dir,
+        max_bytes=dicom.max_file_bytes if max_bytes is None else max_bytes,
+        max_decoded_bytes=dicom.max_decoded_bytes,
+        accepted_sop_classes=accepted_sop_classes(dicom.accepted_sop_classes),
+    )
+
+
+def intake_for(app: Any, *, max_bytes: int | None = None) -> DicomIntake:
     """The intake for a CLI context (``surveillance.cli.AppContext``)."""
-    store = app.store()
-    ingestor = Ingestor(store, app.pseudonymizer())
-    return DicomIntake(store, ingestor, app.settings.dicom.spool_dir, max_bytes=max_bytes)
+    return intake_for_settings(app.store(), app.pseudonymizer(), app.settings, max_bytes=max_bytes)
 
 
-def ingest_dicom_paths(app: Any, paths: list[Path]) -> None:
+def check_spool_dir(store: Store, spool_dir: Path) -> None:
+    """Refuse to start when the pending spool rows point at files not in ``spool_dir``.
+
+    ``[dicom] spool_dir`` changed while instances were waiting to be embedded:
+    the embed job would fail each of them ("file missing") for good. Raises
+    ConfigError naming the fix.
+    """
+    pending = store.events.pending_spool_files(limit=20)
+    if not pending:
+        return
+    folder = Path(spool_dir)
+    if any((folder / name).is_file() for name in pending):
+        return
+    raise ConfigError(
+        f"{len(pending)}{'+' if len(pending) == 20 else ''} instance(s) are waiting to be "
+        f"embedded but none of their files is in the spool folder {folder} (e.g. {pending[0]}): "
+        "did [dicom] spool_dir change? Set it back to the folder that holds them, or move "
+        f"them: 'mv OLD_SPOOL/*.dcm {folder}/'"
+    )
+
+
+def ingest_dicom_paths(app: Any, paths: list[Path], *, quiet: bool = False) -> list[dict[str, Any]]:
     """``surveillance ingest``: DICOM files/folders once, one summary line per path."""
     import click
 
     intake = intake_for(app)
+    results: list[dict[str, Any]] = []
     try:
         for root, counts in ingest_paths(intake, paths).items():
-            click.echo(f"{root}: {counts.describe()}")
+            results.append(
+                {
+                    "path": str(root),
+                    "stored": counts.stored,
+                    "duplicate": counts.duplicate,
+                    "dead_letters": counts.rejected,
+                    "not_dicom": counts.not_dicom,
+                    "skipped_links": counts.skipped_links,
+                }
+            )
+            if not quiet:
+                click.echo(f"{root}: {counts.describe()}")
             intake.store.audit.record(
                 actor="ingest",
                 action="ingest.dicom",
@@ -327,12 +439,14 @@ def ingest_dicom_paths(app: Any, paths: list[Path]) -> None:
                     "duplicate": counts.duplicate,
                     "dead_letters": counts.rejected,
                     "not_dicom": counts.not_dicom,
+                    "skipped_links": counts.skipped_links,
                 },
             )
     except IntakeUnavailable as exc:
         raise StoreError(f"DICOM ingest stopped: {exc}; run it again to resume") from exc
     finally:
         intake.store.close()
+    return results
 
 
 # ---- the drop folder -----------------------------------------------------------------
@@ -342,9 +456,11 @@ class DropFolderWatcher:
     """Polls a folder; ingests files once their size and mtime stop changing.
 
     A committed file (stored or already stored) is deleted from the drop
-    folder; a rejected one is moved to ``<folder>/.rejected/`` for a person to
-    look at; a non-DICOM file is moved there too (and dead-lettered). If the
-    intake is unavailable the file stays and is tried again at the next poll.
+    folder; a rejected one (a permanent failure) is moved to
+    ``<folder>/rejected/`` beside ``<name>.reason.txt`` saying why, for a person
+    to look at; a non-DICOM file is moved there too (and dead-lettered). If the
+    intake is unavailable (transient) the file stays and is tried again at the
+    next poll; that warning is rate-limited.
     """
 
     def __init__(self, intake: DicomIntake, folder: Path, poll_seconds: float = 2.0) -> None:
@@ -357,6 +473,7 @@ class DropFolderWatcher:
         self._seen: dict[Path, tuple[int, int]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._log = RateLimitedLog(LOG)
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def start(self) -> None:
@@ -376,8 +493,10 @@ class DropFolderWatcher:
         while not self._stop.is_set():
             try:
                 self.poll_once()
-            except Exception:  # keep watching; the next poll retries
-                LOG.exception("drop-folder poll failed")
+            except Exception as exc:  # keep watching; the next poll retries
+                self._log.warning(
+                    f"poll:{type(exc).__name__}", "drop-folder poll failed: %s", type(exc).__name__
+                )
             self._stop.wait(self.poll_seconds)
 
     def poll_once(self) -> Counter[str]:
@@ -395,21 +514,34 @@ class DropFolderWatcher:
             if self._seen.get(path) != signature or not stat.S_ISREG(info.st_mode):
                 current[path] = signature  # new or still being written: next pass
                 continue
+            position = _file_position(path)
+            reason = "not a DICOM Part 10 file"
             try:
-                outcome = ingest_file(self.intake, path)
+                read = read_regular_file(path, self.intake.max_bytes)
+                if not looks_like_dicom(read.data):
+                    self.intake.reject(read.data, position, reason)
+                    result = IntakeResult(Outcome.REJECTED, reason)
+                else:
+                    result = self.intake.accept(read.data, position)
+            except InvalidRecord as exc:  # a link or special file swapped in, too big
+                reason = exc.reason
+                try:
+                    self.intake.reject(b"", position, reason)
+                except IntakeUnavailable as unavailable:
+                    self._retry(path, signature, current, done, unavailable)
+                    continue
+                result = IntakeResult(Outcome.REJECTED, reason)
             except IntakeUnavailable as exc:
-                LOG.warning("drop folder: %s stays for the next pass: %s", path.name, exc)
-                current[path] = signature
-                done["retry"] += 1
+                self._retry(path, signature, current, done, exc)
                 continue
             except OSError as exc:
-                LOG.warning("drop folder: cannot read %s: %s", path.name, exc.strerror)
+                self._log.warning(
+                    f"read:{exc.errno}", "drop folder: cannot read a file: %s", exc.strerror
+                )
                 continue
-            if outcome is None:
-                self.intake.reject(b"", _file_position(path), "not a DICOM Part 10 file")
-                outcome = Outcome.REJECTED
+            outcome = result.outcome
             if outcome is Outcome.REJECTED:
-                self._quarantine(path)
+                self._quarantine(path, result.reason or reason)
             else:
                 path.unlink(missing_ok=True)
             done[outcome.value] += 1
@@ -417,22 +549,44 @@ class DropFolderWatcher:
         self.counts.update(done)
         return done
 
-    def _quarantine(self, path: Path) -> None:
+    def _retry(
+        self,
+        path: Path,
+        signature: tuple[int, int],
+        current: dict[Path, tuple[int, int]],
+        done: Counter[str],
+        exc: Exception,
+    ) -> None:
+        self._log.warning("unavailable", "drop folder: files stay for the next pass: %s", exc)
+        current[path] = signature
+        done["retry"] += 1
+
+    def _quarantine(self, path: Path, reason: str) -> None:
         target_dir = self.folder / REJECTED_FOLDER
         target_dir.mkdir(exist_ok=True)
-        target = target_dir / f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}-{path.name}"
-        shutil.move(str(path), target)
+        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}-{path.name}"
+        target = target_dir / name
+        if path.is_symlink():  # never move what a link points at: drop the link itself
+            path.unlink(missing_ok=True)
+        else:
+            shutil.move(str(path), target)
+        (target_dir / (name + REASON_SUFFIX)).write_text(reason + "\n")
 
 
 __all__ = [
+    "REJECTED_FOLDER",
     "DicomIntake",
     "DropFolderWatcher",
     "FolderCounts",
+    "RateLimitedLog",
     "SweepResult",
+    "accepted_sop_classes",
+    "check_spool_dir",
     "ingest_dicom_paths",
     "ingest_file",
     "ingest_paths",
     "intake_for",
+    "intake_for_settings",
     "looks_like_dicom",
     "sweep_spool",
 ]

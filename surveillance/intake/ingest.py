@@ -11,23 +11,43 @@ Dead-letter payloads are sanitised before they are stored: identifiers become
 pseudonymised, so a fixed record can be replayed), DICOM headers keep only the
 allow-listed attributes, and a payload that is not JSON at all is kept only as
 its SHA-256 and size (the original stays at its source position).
+
+Hostile input (issue 12): every record-level failure is a dead letter with a
+reason, never a file- or batch-level failure. JSONL lines are read as bytes
+(strict UTF-8, a leading BOM accepted, at most 1 MiB and 32 JSON levels per
+record; :mod:`connectors.untrusted`); NUL and other control characters are
+refused before the database, so PostgreSQL and SQLite behave the same; event
+times must lie within ``[intake] not_before .. now + max_ahead_hours``; once a
+model is registered, a diagnosis (or prediction output) for a finding that no
+registered model has is dead-lettered. An unexpected exception while parsing
+one record (a bug, a library's surprise) dead-letters that record with the
+exception's type, logs it once, and the stream goes on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
 from pydicom.datadict import tag_for_keyword
 
 from connectors.dicom_header import ALLOWED_KEYWORDS, IDENTIFIER_KEYWORDS
-from connectors.records import parse_jsonl_line
+from connectors.records import (
+    DEFAULT_TIME_BOUNDS,
+    MAX_RECORD_BYTES,
+    TimeBounds,
+    parse_jsonl_line,
+    read_jsonl_records,
+)
+from connectors.untrusted import decode_json
 from surveillance.core.errors import InvalidRecord, UsageError
 from surveillance.core.events import (
+    EVENT_KINDS,
     DiagnosisEvent,
     DicomMetadataEvent,
     Event,
@@ -45,8 +65,10 @@ from surveillance.store.domain import (
     StudyMetadataRecord,
 )
 
+LOG = logging.getLogger(__name__)
+
 PSEUDONYM_PREFIX = "pseudonym:"
-MAX_LINE_BYTES = 1 << 20  # one JSONL event; a DICOM JSON header is far smaller
+MAX_LINE_BYTES = MAX_RECORD_BYTES  # one JSONL event; a DICOM JSON header is far smaller
 UNKNOWN = "(unknown)"
 
 _IDENTIFIER_KIND = {
@@ -64,17 +86,45 @@ _ID_TAGS = {_TAG_HEX[kw]: _IDENTIFIER_KIND[kw] for kw in IDENTIFIER_KEYWORDS}
 class Ingestor:
     """Validates, pseudonymises and writes events in batches."""
 
-    def __init__(self, store: Store, pseudonymizer: Pseudonymizer, batch_size: int = 2000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        pseudonymizer: Pseudonymizer,
+        batch_size: int = 2000,
+        *,
+        bounds: TimeBounds = DEFAULT_TIME_BOUNDS,
+        uncoded_as_absent: bool = False,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"'batch_size' must be >= 1, got {batch_size}")
         self.store = store
         self.pseudo = pseudonymizer
         self.batch_size = batch_size
+        self.bounds = bounds
+        self.uncoded_as_absent = uncoded_as_absent
         self.models: dict[str, ModelInfo] = {}
+        self._unexpected_logged: set[str] = set()
         self.refresh_models()
+
+    @classmethod
+    def for_settings(cls, store: Store, pseudonymizer: Pseudonymizer, settings: Any) -> Ingestor:
+        """An ingestor with the ``[intake]`` limits of ``settings`` (a core Settings)."""
+        return cls(
+            store,
+            pseudonymizer,
+            bounds=bounds_from_settings(settings),
+            uncoded_as_absent=settings.intake.uncoded_reports_absent,
+        )
 
     def refresh_models(self) -> None:
         self.models = {m.name: m for m in self.store.registry.models()}
+
+    @property
+    def known_findings(self) -> frozenset[str] | None:
+        """Findings of the registered models; None (no check) while none is registered."""
+        if not self.models:
+            return None
+        return frozenset(f for m in self.models.values() for f in m.findings)
 
     # ---- identifiers --------------------------------------------------------------
 
@@ -105,6 +155,7 @@ class Ingestor:
                     present=event.present,
                     source=event.source,
                     confirmed_at=event.confirmed_at,
+                    position=event.position,
                 )
             )
         else:
@@ -135,6 +186,7 @@ class Ingestor:
                     finding=finding,
                     score=score,
                     predicted_at=event.predicted_at,
+                    position=event.position,
                 )
             )
 
@@ -168,10 +220,7 @@ class Ingestor:
 
     def sanitise(self, data: bytes, kind: str | None) -> str | None:
         """A privacy-safe copy of a rejected payload, or None if it is not JSON."""
-        try:
-            obj = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
-            return None
+        obj = _loads(data)
         if not isinstance(obj, dict):
             return None
         kind = str(obj.get("kind", kind)) if kind is None else kind
@@ -218,18 +267,17 @@ class Ingestor:
     def dead_letter(self, raw: RawRecord, reason: str) -> DeadLetterRecord:
         kind = raw.kind
         if kind is None:
-            try:
-                obj = json.loads(raw.data)
-                kind = str(obj.get("kind")) if isinstance(obj, dict) and "kind" in obj else None
-            except (ValueError, UnicodeDecodeError):
-                kind = None
+            obj = _loads(raw.data)
+            kind = str(obj.get("kind"))[:32] if isinstance(obj, dict) and "kind" in obj else None
+        if kind not in EVENT_KINDS:  # only a known kind is stored (never a NUL, never PHI)
+            kind = None
         return DeadLetterRecord(
             source=raw.position.source,
             locator=raw.position.locator,
             partition=-1 if raw.position.partition is None else raw.position.partition,
             offset=-1 if raw.position.offset is None else raw.position.offset,
             kind=kind,
-            reason=reason[:2000],
+            reason=reason.replace("\x00", "\\x00")[:2000],
             payload=self.sanitise(raw.data, kind),
             payload_sha256=hashlib.sha256(raw.data).hexdigest(),
             payload_bytes=len(raw.data),
@@ -272,11 +320,23 @@ class Ingestor:
             try:
                 if len(raw.data) > MAX_LINE_BYTES:
                     raise InvalidRecord(
-                        f"record is {len(raw.data)} bytes; the limit is {MAX_LINE_BYTES}"
+                        f"record is larger than the limit of {MAX_LINE_BYTES} bytes"
                     )
                 self.add(parse(raw), batch)
             except InvalidRecord as exc:
                 batch.dead_letters.append(self.dead_letter(raw, exc.reason))
+            except (RecursionError, MemoryError) as exc:
+                batch.dead_letters.append(
+                    self.dead_letter(raw, f"record is too large or too deep ({type(exc).__name__})")
+                )
+            except Exception as exc:  # one record must never stop the stream
+                name = type(exc).__name__
+                if name not in self._unexpected_logged:
+                    self._unexpected_logged.add(name)
+                    LOG.error("unexpected %s while parsing a record; dead-lettered", name)
+                batch.dead_letters.append(
+                    self.dead_letter(raw, f"record could not be parsed (unexpected {name})")
+                )
             pending += 1
             if len(batch) >= self.batch_size:
                 totals += flush()
@@ -313,9 +373,12 @@ class Ingestor:
         self, path: Path, progress: Callable[[int], None] | None = None
     ) -> IngestCounts:
         """One JSONL event file; line numbers are the dead letters' positions."""
+        known = self.known_findings
         counts = self.ingest_raw(
-            read_jsonl(path),
-            lambda raw: parse_jsonl_line(_decode(raw.data), raw.position),
+            read_jsonl_records(path, max_bytes=MAX_LINE_BYTES),
+            lambda raw: parse_jsonl_line(
+                raw.data, raw.position, bounds=self.bounds, known_findings=known
+            ),
             progress,
         )
         self.store.audit.record(
@@ -328,9 +391,26 @@ class Ingestor:
                 "diagnoses_new": counts.diagnoses_new,
                 "metadata": counts.metadata,
                 "dead_letters": counts.dead_letters,
+                "conflicts": counts.conflicts,
             },
         )
         return counts
+
+
+def _loads(data: bytes) -> Any:
+    """``data`` as JSON within the record limits, or None (never raises)."""
+    try:
+        return decode_json(data)
+    except (InvalidRecord, ValueError, RecursionError):
+        return None
+
+
+def bounds_from_settings(settings: Any) -> TimeBounds:
+    """The plausible-time bounds of ``[intake]`` (not_before, max_ahead_hours)."""
+    intake = settings.intake
+    return TimeBounds(
+        not_before=intake.not_before, max_ahead=timedelta(hours=intake.max_ahead_hours)
+    )
 
 
 def _decode(data: bytes) -> str:
@@ -359,4 +439,11 @@ def count_lines(path: Path) -> int:
         return sum(1 for line in handle if line.strip())
 
 
-__all__ = ["PSEUDONYM_PREFIX", "Ingestor", "RawRecord", "count_lines", "read_jsonl"]
+__all__ = [
+    "PSEUDONYM_PREFIX",
+    "Ingestor",
+    "RawRecord",
+    "bounds_from_settings",
+    "count_lines",
+    "read_jsonl",
+]

@@ -22,6 +22,17 @@ another member may start on them. A write that outlives that wait (the
 database is down) is still safe: every batch covers its partition contiguously
 from the last stored offset and writes are idempotent, so a late commit can
 only make a later reader re-read rows it will ignore.
+
+Offsets out of range (issue 12): when the broker lost its log or a topic was
+recreated, the stored next offset can lie beyond the log end (the consumer
+would wait there forever, showing "lag 0") or before the log start (records
+deleted unread), or the broker resets the position itself (records arrive
+below the stored offset). Each is detected (on every end-offset refresh and on
+every poll), raises an ``intake`` incident per registered model (which the
+alert job pages like any other incident), is logged as an error, and then
+``[kafka] on_offset_out_of_range`` applies: ``"earliest"`` (default) stores and
+seeks the log start and goes on (re-reading is idempotent); ``"stop"`` stops
+the consumer (state ``stopped``, :attr:`KafkaIngestService.halted` says why).
 """
 
 from __future__ import annotations
@@ -36,14 +47,19 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from kafka import TopicPartition
+from kafka.errors import KafkaError
+
 from connectors.kafka import KafkaSource, KafkaSourceError, PartitionKey
 from connectors.records import parse_json, parse_jsonl_line
 from surveillance.core.config import Settings
 from surveillance.core.errors import ConfigError, InvalidRecord, StoreError
 from surveillance.core.events import Event, RawRecord
+from surveillance.core.statuses import Severity, SignalKind, VigilanceClass
 from surveillance.intake.ingest import Ingestor
 from surveillance.store import IngestBatch, IngestCounts, Store
 from surveillance.store.domain import DeadLetter
+from surveillance.store.incidents import IncidentSignal
 from surveillance.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -199,6 +215,10 @@ class KafkaIngestService:
         self._next_models_refresh = time.monotonic() + refresh_models_s
         self._next_end_offsets = 0.0
         self._first_record_at: float | None = None
+        self.on_offset_out_of_range = settings.kafka.on_offset_out_of_range
+        self._out_of_range: set[PartitionKey] = set()  # reported, not yet recovered
+        self.offset_problems = 0
+        self.halted: str | None = None
 
     # ---- the source ------------------------------------------------------------
 
@@ -247,6 +267,17 @@ class KafkaIngestService:
 
     # ---- writing -----------------------------------------------------------------
 
+    def _parse(self, raw: RawRecord) -> Event:
+        if raw.kind is None:
+            raise InvalidRecord("record has no kind (topic not configured)")
+        return parse_json(
+            raw.data,
+            raw.kind,
+            raw.position,
+            bounds=self.ingestor.bounds,
+            known_findings=self.ingestor.known_findings,
+        )
+
     def _lane_for(self, key: PartitionKey) -> _Lane:
         topic_index = sorted(self.topics).index(key[0]) if key[0] in self.topics else 0
         return self._lanes[(key[1] + topic_index) % len(self._lanes)]
@@ -258,7 +289,7 @@ class KafkaIngestService:
             if self._stop.is_set():
                 raise _Stopped
             try:
-                counts = self.ingestor.ingest_raw(records, parse_raw, consumer_group=self.group)
+                counts = self.ingestor.ingest_raw(records, self._parse, consumer_group=self.group)
             except StoreError as exc:
                 self._failed(f"database: {exc}")
                 if self._stop.wait(delay):
@@ -339,6 +370,7 @@ class KafkaIngestService:
             self._paused = False
         records = source.poll(timeout_ms)
         if records:
+            self._check_positions(records)
             if self._first_record_at is None:
                 self._first_record_at = time.monotonic()
             self._dispatch(records)
@@ -366,6 +398,115 @@ class KafkaIngestService:
             return
         with self._lock:
             self._ends.update(ends)
+        if not self._stop.is_set():
+            self.check_offset_range(assigned)
+
+    # ---- offsets out of range -------------------------------------------------------
+
+    def _consumer(self) -> object | None:
+        return getattr(self._source, "consumer", None)
+
+    def _log_bounds(self, keys: Collection[PartitionKey]) -> dict[PartitionKey, tuple[int, int]]:
+        """(log start, high watermark) per partition, where the broker told us both."""
+        consumer = self._consumer()
+        if consumer is None or not keys:
+            return {}
+        partitions = [TopicPartition(t, p) for t, p in keys]
+        try:
+            starts = consumer.beginning_offsets(partitions)  # type: ignore[attr-defined]
+        except (KafkaError, AssertionError) as exc:
+            log.info("kafka: cannot read log start offsets: %s", exc)
+            return {}
+        bounds: dict[PartitionKey, tuple[int, int]] = {}
+        for tp in partitions:
+            highwater = consumer.highwater(tp)  # type: ignore[attr-defined]
+            start = starts.get(tp)
+            if highwater is not None and start is not None:
+                bounds[(tp.topic, tp.partition)] = (int(start), int(highwater))
+        return bounds
+
+    def check_offset_range(self, keys: Collection[PartitionKey]) -> list[PartitionKey]:
+        """Partitions whose stored offset lies outside the log; handled, returned.
+
+        Only partitions for which a fetch told us the high watermark are judged
+        (a ListOffsets answer alone can be too small on some brokers).
+        """
+        with self._lock:
+            stored = {k: self._stored[k] for k in keys if k in self._stored}
+        if not stored or self.pending_writes():
+            return []
+        found: list[PartitionKey] = []
+        for key, (start, end) in self._log_bounds(stored).items():
+            offset = stored[key]
+            if offset > end:
+                why = f"stored offset {offset} is beyond the log end {end}"
+            elif offset < start:
+                why = f"stored offset {offset} is before the log start {start} (records lost)"
+            else:
+                self._out_of_range.discard(key)
+                continue
+            found.append(key)
+            self._offset_out_of_range(key, why, restart_at=start)
+        return found
+
+    def _check_positions(self, records: Sequence[RawRecord]) -> None:
+        """Records below the stored offset: the broker reset the position itself."""
+        lowest: dict[PartitionKey, int] = {}
+        for raw in records:
+            p = raw.position
+            if p.partition is not None and p.offset is not None:
+                key = (p.locator, p.partition)
+                lowest[key] = min(lowest.get(key, p.offset), p.offset)
+        with self._lock:
+            reset = {
+                k: (o, self._stored[k]) for k, o in lowest.items() if o < self._stored.get(k, -1)
+            }
+        for key, (first, offset) in reset.items():
+            self._offset_out_of_range(
+                key,
+                f"records arrive from offset {first}, below the stored offset {offset} "
+                "(the broker reset the position: log lost or topic recreated)",
+                restart_at=first,
+                seek=False,
+            )
+
+    def _offset_out_of_range(
+        self, key: PartitionKey, why: str, *, restart_at: int, seek: bool = True
+    ) -> None:
+        topic, partition = key
+        message = f"kafka {topic}[{partition}] (group {self.group}): {why}"
+        first = key not in self._out_of_range
+        self._out_of_range.add(key)
+        if first:
+            self.offset_problems += 1
+            log.error("%s; on_offset_out_of_range = %s", message, self.on_offset_out_of_range)
+            try:
+                raise_intake_incident(
+                    self.store, message, topic=topic, action=self.on_offset_out_of_range
+                )
+            except StoreError as exc:
+                log.error("kafka: could not record the intake incident: %s", exc)
+        with self._lock:
+            self._last_error = message[:500]
+            self._last_error_at = utcnow()
+        if self.on_offset_out_of_range == "stop":
+            self.halted = message
+            with self._lock:
+                self._state = "stopped"
+            self._stop.set()
+            return
+        self.store.events.reset_offset(
+            self.group, topic, partition, restart_at, actor="kafka", reason=why
+        )
+        with self._lock:
+            self._stored[key] = restart_at
+        consumer = self._consumer()
+        if seek and consumer is not None:  # else the broker already moved the position
+            try:
+                consumer.seek(TopicPartition(topic, partition), restart_at)  # type: ignore[attr-defined]
+            except (KafkaError, AssertionError, ValueError) as exc:
+                log.warning("kafka: cannot seek %s[%d]: %s", topic, partition, exc)
+        self._out_of_range.discard(key)
 
     def run(self, stop: threading.Event | None = None, *, until_caught_up: bool = False) -> None:
         """Consume until ``stop`` is set (or, with ``until_caught_up``, no lag is left)."""
@@ -399,8 +540,10 @@ class KafkaIngestService:
         with self._lock:
             if not self._assigned:
                 return False
+            # equal, not >=: a stored offset beyond the end is out of range (or the end
+            # is not known yet), never "caught up"
             return all(
-                self._stored.get(key, 0) >= self._ends.get(key, 1 << 62) for key in self._assigned
+                self._stored.get(key, 0) == self._ends.get(key, 1 << 62) for key in self._assigned
             )
 
     def _close_source(self, *, forget_assignment: bool = True) -> None:
@@ -456,6 +599,42 @@ class KafkaIngestService:
                 last_error_at=self._last_error_at,
                 last_write_at=self._last_write_at,
             )
+
+
+def raise_intake_incident(store: Store, message: str, *, topic: str, action: str) -> int:
+    """Open (or add to) one ``intake`` incident per registered model; returns how many."""
+    now = utcnow()
+    models = store.registry.models()
+    for model in models:
+        store.incidents.raise_(
+            IncidentSignal(
+                model_id=model.id,
+                signal_kind=SignalKind.INTAKE,
+                signal=f"kafka-offsets:{topic}"[:128],
+                stratum_kind="overall",
+                stratum_value="all",
+                severity=Severity.HIGH,
+                title=f"Kafka offsets out of range on {topic}"[:512],
+                summary=(
+                    f"{message}. on_offset_out_of_range = {action!r}: "
+                    + (
+                        "the consumer re-reads from the log start (idempotent); check what the "
+                        "broker lost and re-send it"
+                        if action == "earliest"
+                        else "the consumer stopped; fix the broker or the stored offsets, "
+                        "then restart it"
+                    )
+                ),
+                evidence_at=now,
+                vigilance_class=VigilanceClass.ASSESSMENT_PENDING,
+                mdr_deadline_at=None,
+                fda_deadline_at=None,
+            ),
+            actor="kafka",
+        )
+    if not models:
+        log.error("kafka: no registered model to attach the intake incident to: %s", message)
+    return len(models)
 
 
 # ---- dead-letter replay -------------------------------------------------------------
@@ -520,6 +699,7 @@ __all__ = [
     "PartitionHealth",
     "ReplayOutcome",
     "parse_raw",
+    "raise_intake_incident",
     "replay",
     "topic_kinds",
 ]

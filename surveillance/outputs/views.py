@@ -7,9 +7,11 @@ from datetime import datetime
 
 from rich.table import Table
 
+from surveillance.core.statuses import DeadlineStatus
 from surveillance.incidents.vigilance import time_left
 from surveillance.store import DriftCheck, Incident, PerformanceCheck
-from surveillance.store.domain import VolumeRow
+from surveillance.store.domain import DeadlineState, VolumeRow
+from surveillance.store.incidents import incident_deadlines
 
 STATUS_STYLE = {
     "ok": "green",
@@ -30,6 +32,22 @@ def styled(status: str) -> str:
     return f"[{style}]{label}[/]" if style else label
 
 
+def deadline_text(state: DeadlineState, now: datetime) -> str:
+    """``2026-12-01 10:00`` plus ``met (reported ...)``, ``MISSED ...`` or the time left."""
+    if state.status == DeadlineStatus.NOT_APPLICABLE:
+        return "-" if state.due_at is None else f"{when(state.due_at)}\nnot applicable"
+    if state.status == DeadlineStatus.MET:
+        return f"{when(state.due_at)}\nmet: reported {when(state.reported_at)}"
+    if state.status == DeadlineStatus.MISSED:
+        late = (
+            f"reported {when(state.reported_at)}"
+            if state.reported_at is not None
+            else time_left(state.due_at, now)
+        )
+        return f"{when(state.due_at)}\n[bold red]MISSED[/]: {late}"
+    return f"{when(state.due_at)}\nopen: {time_left(state.due_at, now)}"
+
+
 def incidents_table(items: Sequence[Incident], now: datetime) -> Table:
     table = Table(
         "id",
@@ -43,16 +61,17 @@ def incidents_table(items: Sequence[Incident], now: datetime) -> Table:
         title="Incidents",
     )
     for i in items:
-        open_ = i.status != "closed"
+        mdr, fda = incident_deadlines(i, now)
+        recurrence = f" (recurs #{i.recurrence_of})" if i.recurrence_of else ""
         table.add_row(
             str(i.id),
             i.status,
             i.severity,
-            i.title,
+            i.title + recurrence,
             when(i.opened_at),
             i.vigilance_class.replace("_", " "),
-            when(i.mdr_deadline_at) + (f"\n{time_left(i.mdr_deadline_at, now)}" if open_ else ""),
-            when(i.fda_deadline_at) + (f"\n{time_left(i.fda_deadline_at, now)}" if open_ else ""),
+            deadline_text(mdr, now),
+            deadline_text(fda, now),
         )
     return table
 
@@ -142,9 +161,84 @@ def performance_table(
     return table
 
 
+def _value_ci(check: PerformanceCheck) -> str:
+    if check.value is None:
+        return "-"
+    if check.ci_lower is None or check.ci_upper is None:
+        return f"{check.value:.3f}"
+    return f"{check.value:.3f} ({check.ci_lower:.3f}-{check.ci_upper:.3f})"
+
+
+def _p(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2g}"
+
+
+def drift_results_table(checks: Sequence[DriftCheck]) -> Table:
+    """Every drift check: one row per (window, stratum, signal, detector)."""
+    table = Table(
+        "window",
+        "stratum",
+        "signal",
+        "detector",
+        "status",
+        "statistic",
+        "p",
+        "alpha",
+        "n",
+        title="Drift results",
+    )
+    for c in checks:
+        table.add_row(
+            f"{c.window_start:%Y-%m-%d}..{c.window_end:%Y-%m-%d}",
+            f"{c.stratum_kind}: {c.stratum_value}",
+            c.signal,
+            c.detector,
+            styled(c.status),
+            "-" if c.statistic is None else f"{c.statistic:.3g}",
+            _p(c.p_value),
+            f"{c.threshold:g}",
+            f"{c.n_window} vs {c.n_reference}",
+        )
+    return table
+
+
+def performance_results_table(checks: Sequence[PerformanceCheck]) -> Table:
+    """Every performance check: one row per (window, stratum, finding, metric)."""
+    table = Table(
+        "window",
+        "stratum",
+        "finding",
+        "metric",
+        "status",
+        "value (95% CI)",
+        "alert limit",
+        "n",
+        "labelled",
+        "estimated",
+        title="Performance results",
+    )
+    for c in checks:
+        table.add_row(
+            f"{c.window_start:%Y-%m-%d}..{c.window_end:%Y-%m-%d}",
+            f"{c.stratum_kind}: {c.stratum_value}",
+            c.finding,
+            c.metric,
+            styled(c.status),
+            _value_ci(c),
+            "-" if c.alert_limit is None else f"{c.alert_limit:.3f}",
+            str(c.n),
+            "-" if c.labelled_fraction is None else f"{c.labelled_fraction:.0%}",
+            "yes" if c.estimated else "no",
+        )
+    return table
+
+
 __all__ = [
+    "deadline_text",
+    "drift_results_table",
     "drift_table",
     "incidents_table",
+    "performance_results_table",
     "performance_table",
     "styled",
     "volumes_table",

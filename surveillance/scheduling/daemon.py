@@ -6,6 +6,9 @@ its own threads) and ``stop()`` (returns when it has stopped). The
 :meth:`Daemon.request_stop`), then stops them in reverse order, so the
 connectors stop feeding data before the scheduler goes. A service that fails
 to start stops the ones already started, and the error propagates.
+
+A service with a ``bind(daemon)`` method is handed the daemon when it is built
+(the health server uses it to report which services have started).
 """
 
 from __future__ import annotations
@@ -38,6 +41,15 @@ class Daemon:
         self._stop = threading.Event()
         self._started: list[Service] = []
         self.stop_reason: str | None = None
+        for service in self.services:  # e.g. the health server reports on the others
+            bind = getattr(service, "bind", None)
+            if callable(bind):
+                bind(self)
+
+    @property
+    def started(self) -> tuple[Service, ...]:
+        """The services started so far (in start order)."""
+        return tuple(self._started)
 
     def request_stop(self, reason: str = "requested") -> None:
         if self.stop_reason is None:

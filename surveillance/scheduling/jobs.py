@@ -151,10 +151,8 @@ def quarter_ending(moment: datetime) -> str:
 
 
 def reports_dir(settings: Settings) -> Path:
-    """Where scheduled PMS reports go: ``[reports] out_dir`` if configured, else ``reports``."""
-    section = getattr(settings, "reports", None)
-    configured = getattr(section, "out_dir", None)
-    return Path(configured) if configured else Path("reports")
+    """Where scheduled PMS reports go: ``[reports] out_dir`` (default ``reports``)."""
+    return Path(settings.reports.out_dir)
 
 
 def quarterly_report_job(ctx: JobContext, scheduled_for: datetime, run_id: int) -> None:

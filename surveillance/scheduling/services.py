@@ -2,7 +2,8 @@
 
 Which ones run follows the configuration: the Kafka consumer when
 ``[kafka] bootstrap`` is set, the C-STORE receiver when ``[dicom] receive`` is
-true, and the drop-folder watcher when ``[dicom] drop_folder`` is set. Each
+true, the drop-folder watcher when ``[dicom] drop_folder`` is set, and the
+``/healthz`` ``/readyz`` ``/metrics`` server when ``[service] http_listen`` is set. Each
 service has ``start()`` (returns at once) and ``stop()``; the daemon starts them
 in order and stops them in reverse.
 """
@@ -51,6 +52,7 @@ def dicom_ssl_context(
 def dicom_receiver(intake: Any, config: DicomConfig, *, host: str = "0.0.0.0") -> Any:
     """A C-STORE receiver configured from ``[dicom]``."""
     from connectors.dicom_scp import StorageReceiver
+    from surveillance.intake.dicom import accepted_sop_classes
 
     try:
         return StorageReceiver(
@@ -63,6 +65,7 @@ def dicom_receiver(intake: Any, config: DicomConfig, *, host: str = "0.0.0.0") -
                 config.tls_certificate, config.tls_private_key, config.tls_ca_certificate
             ),
             max_bytes=config.max_file_bytes,
+            accepted_sop_classes=accepted_sop_classes(config.accepted_sop_classes),
         )
     except ValueError as exc:
         raise ConfigError(f"[dicom]: {exc}") from exc
@@ -91,12 +94,21 @@ class KafkaConsumerService:
 
 
 def daemon_services(store: Store, settings: Settings, pseudonymizer: Pseudonymizer) -> list[Any]:
-    """The connector services the configuration asks for (the scheduler is added by the caller)."""
+    """The connector services the configuration asks for (the scheduler is added by the caller).
+
+    With ``[service] http_listen`` the health server comes first, so ``/healthz``
+    answers while the others start and ``/readyz`` reports them as they do.
+    """
     services: list[Any] = []
+    if settings.service.http_listen:
+        from surveillance.scheduling.health import HealthServer
+
+        services.append(HealthServer(store, settings, settings.service.http_listen))
     if settings.kafka.bootstrap:
         from surveillance.intake.kafka import KafkaIngestService, topic_kinds
 
-        ingestor = Ingestor(store, pseudonymizer, batch_size=settings.kafka.batch_size)
+        ingestor = Ingestor.for_settings(store, pseudonymizer, settings)
+        ingestor.batch_size = settings.kafka.batch_size
         consumer = KafkaIngestService(
             store,
             ingestor,
@@ -110,11 +122,15 @@ def daemon_services(store: Store, settings: Settings, pseudonymizer: Pseudonymiz
         services.append(KafkaConsumerService(consumer))
     dicom = settings.dicom
     if dicom.receive or dicom.drop_folder is not None:
-        from surveillance.intake.dicom import DicomIntake, DropFolderWatcher, sweep_spool
-
-        intake = DicomIntake(
-            store, Ingestor(store, pseudonymizer), dicom.spool_dir, max_bytes=dicom.max_file_bytes
+        from surveillance.intake.dicom import (
+            DropFolderWatcher,
+            check_spool_dir,
+            intake_for_settings,
+            sweep_spool,
         )
+
+        intake = intake_for_settings(store, pseudonymizer, settings)
+        check_spool_dir(store, intake.spool_dir)
         sweep_spool(store, intake.spool_dir)
         if dicom.receive:
             services.append(dicom_receiver(intake, dicom))

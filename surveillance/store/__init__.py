@@ -7,6 +7,7 @@ callers pass typed drafts and get domain objects (:mod:`surveillance.store.domai
 from surveillance.store.domain import (
     AuditReport,
     CaseTable,
+    ChangeEvent,
     DeadLetter,
     DriftCheck,
     Incident,
@@ -21,6 +22,7 @@ from surveillance.store.incidents import IncidentSignal
 __all__ = [
     "AuditReport",
     "CaseTable",
+    "ChangeEvent",
     "DeadLetter",
     "DriftCheck",
     "Incident",

@@ -18,6 +18,8 @@ from surveillance.store.domain import (
     NO_METADATA,
     NUMERIC_FIELDS,
     CaseTable,
+    ChangeEvent,
+    ChangeEventDraft,
     DriftCheck,
     DriftCheckDraft,
     PerformanceCheck,
@@ -26,6 +28,7 @@ from surveillance.store.domain import (
 )
 from surveillance.store.ingest_writer import _insert
 from surveillance.store.models import (
+    ChangeEventRow,
     DeviceRow,
     DiagnosisRow,
     DriftCheckRow,
@@ -89,6 +92,7 @@ class ChecksRepository(Repository):
                 select(DiagnosisRow.study_id, DiagnosisRow.present, DiagnosisRow.confirmed_at)
                 .where(
                     DiagnosisRow.finding == finding,
+                    DiagnosisRow.withdrawn_at.is_(None),  # entered-in-error reports void it
                     DiagnosisRow.study_id.in_(select(PredictionRow.study_id).where(*in_range)),
                 )
                 .order_by(DiagnosisRow.confirmed_at)
@@ -235,7 +239,9 @@ class ChecksRepository(Repository):
                 by_id.update({r.id: r for r in s.scalars(select(table).where(table.id.in_(chunk)))})
             convert = drift_check if table is DriftCheckRow else performance_check
             result = [convert(by_id[i], models[by_id[i].model_id]) for i in ids]
-            flagged = [r for r in result if r.status not in ("ok", "insufficient_data")]
+            flagged = [
+                r for r in result if r.status not in ("ok", "insufficient_data", "below_tolerance")
+            ]
             audit.append(
                 s,
                 actor=actor,
@@ -279,3 +285,90 @@ class ChecksRepository(Repository):
             stmt = stmt.where(table.window_end > start)
         with self._sessions.scope() as s:
             return [(row, name) for row, name in s.execute(stmt)]
+
+    def record_change_events(
+        self, drafts: Sequence[ChangeEventDraft], *, actor: str
+    ) -> list[ChangeEvent]:
+        """Record change events not known yet (unique per model, stratum, field, new value).
+
+        A value already recorded keeps its first row (the earliest sighting the job
+        saw first); returns the rows that are new in this call.
+        """
+        if not drafts:
+            return []
+        now = utcnow()
+        with self._sessions.scope() as s:
+            stmt = _insert(s, ChangeEventRow).on_conflict_do_nothing(
+                index_elements=(
+                    "model_id",
+                    "stratum_kind",
+                    "stratum_value",
+                    "field",
+                    "new_value",
+                )
+            )
+            new_ids: list[int] = []
+            for draft in drafts:
+                inserted = s.execute(
+                    stmt.values(**asdict(draft), created_at=now).returning(ChangeEventRow.id)
+                ).scalar_one_or_none()
+                if inserted is not None:
+                    new_ids.append(int(inserted))
+            if not new_ids:
+                return []
+            rows = s.scalars(
+                select(ChangeEventRow)
+                .where(ChangeEventRow.id.in_(new_ids))
+                .order_by(ChangeEventRow.first_seen_at, ChangeEventRow.id)
+            ).all()
+            events = [_change_event(r) for r in rows]
+            audit.append(
+                s,
+                actor=actor,
+                action="change_event.recorded",
+                entity="change_event",
+                entity_id=",".join(str(e.id) for e in events)[:128],
+                detail={
+                    "events": [
+                        {
+                            "stratum": f"{e.stratum_kind}={e.stratum_value}",
+                            "field": e.field,
+                            "old": e.old_value,
+                            "new": e.new_value,
+                            "first_seen_at": e.first_seen_at.isoformat(),
+                        }
+                        for e in events[:50]
+                    ]
+                },
+            )
+            return events
+
+    def change_events(
+        self,
+        model_id: int,
+        *,
+        stratum_kind: str | None = None,
+        stratum_value: str | None = None,
+    ) -> list[ChangeEvent]:
+        """Change events of a model (optionally of one stratum), earliest first."""
+        stmt = select(ChangeEventRow).where(ChangeEventRow.model_id == model_id)
+        if stratum_kind is not None:
+            stmt = stmt.where(ChangeEventRow.stratum_kind == stratum_kind)
+        if stratum_value is not None:
+            stmt = stmt.where(ChangeEventRow.stratum_value == stratum_value)
+        with self._sessions.scope() as s:
+            rows = s.scalars(stmt.order_by(ChangeEventRow.first_seen_at, ChangeEventRow.id))
+            return [_change_event(r) for r in rows]
+
+
+def _change_event(row: ChangeEventRow) -> ChangeEvent:
+    return ChangeEvent(
+        id=row.id,
+        model_id=row.model_id,
+        stratum_kind=row.stratum_kind,
+        stratum_value=row.stratum_value,
+        field=row.field,
+        old_value=row.old_value,
+        new_value=row.new_value,
+        first_seen_at=row.first_seen_at,
+    )

@@ -11,6 +11,7 @@ from surveillance.store.domain import (
     IncidentEvent,
     ModelInfo,
     PerformanceCheck,
+    VigilanceReport,
 )
 from surveillance.store.models import (
     BaselineRow,
@@ -30,6 +31,11 @@ def model_info(row: ModelRow, baselines: Iterable[BaselineRow]) -> ModelInfo:
         manufacturer=row.manufacturer,
         intended_use=row.intended_use,
         findings={k: float(v) for k, v in row.findings.items()},
+        udi_di=row.udi_di,
+        basic_udi_di=row.basic_udi_di,
+        device_class=row.device_class,
+        notified_body=row.notified_body,
+        certificate=row.certificate,
         baselines=tuple(
             Baseline(
                 finding=b.finding,
@@ -63,6 +69,10 @@ def drift_check(row: DriftCheckRow, model: str) -> DriftCheck:
         n_reference=row.n_reference,
         n_window=row.n_window,
         details=dict(row.details),
+        p_adjusted=row.p_adjusted,
+        effect_size=row.effect_size,
+        effect_name=row.effect_name,
+        min_effect=row.min_effect,
     )
 
 
@@ -89,7 +99,12 @@ def performance_check(row: PerformanceCheckRow, model: str) -> PerformanceCheck:
     )
 
 
-def incident(row: IncidentRow, model: str, events: Sequence[IncidentEventRow] = ()) -> Incident:
+def incident(
+    row: IncidentRow,
+    model: str,
+    events: Sequence[IncidentEventRow] = (),
+    reports: Sequence[VigilanceReport] = (),
+) -> Incident:
     return Incident(
         id=row.id,
         model=model,
@@ -123,6 +138,8 @@ def incident(row: IncidentRow, model: str, events: Sequence[IncidentEventRow] = 
             )
             for e in events
         ),
+        recurrence_of=row.recurrence_of,
+        reports=tuple(reports),
     )
 
 

@@ -8,6 +8,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from surveillance.core.events import SourcePosition
+
 NO_METADATA = "(no metadata yet)"
 CATEGORICAL_FIELDS = ("software_versions", "convolution_kernel", "sex", "age_band", "view_position")
 NUMERIC_FIELDS = ("kvp", "pixel_spacing", "slice_thickness")
@@ -34,6 +36,12 @@ class ModelInfo:
     intended_use: str
     findings: dict[str, float]  # finding -> operating threshold
     baselines: tuple[Baseline, ...]
+    # device identification (MDCG 2022-21 Annex I); None when not configured
+    udi_di: str | None = None
+    basic_udi_di: str | None = None
+    device_class: str | None = None
+    notified_body: str | None = None
+    certificate: str | None = None
 
     def baseline(self, finding: str, metric: str, stratum: str = "overall") -> Baseline | None:
         """The stratum's own baseline if one exists, else the overall one."""
@@ -59,6 +67,8 @@ class PredictionRecord:
     finding: str
     score: float
     predicted_at: datetime
+    #: Where the record came from (a conflicting redelivery is dead-lettered there).
+    position: SourcePosition | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +102,17 @@ class DiagnosisRecord:
     present: bool
     source: str
     confirmed_at: datetime
+    #: Where the record came from (a conflicting redelivery is dead-lettered there).
+    position: SourcePosition | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LabelWithdrawalRecord:
+    """An entered-in-error report: void the report-sourced label of (study, finding)."""
+
+    study_uid_pseudonym: str
+    finding: str
+    report_hash: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +178,9 @@ class IngestCounts:
     dead_letters: int = 0
     spooled_new: int = 0
     spooled_duplicate: int = 0
+    #: Records whose message id was already stored (or seen earlier in the batch) with
+    #: different content: not written, dead-lettered with a "conflict: ..." reason.
+    conflicts: int = 0
 
     def __add__(self, other: IngestCounts) -> IngestCounts:
         return IngestCounts(
@@ -227,6 +251,40 @@ class DriftCheck:
     n_reference: int
     n_window: int
     details: dict[str, Any]
+    #: p-value after the window's multiple-testing control ([drift] correction).
+    p_adjusted: float | None = None
+    #: How far the distribution moved (``effect_name``: ks_d, cramers_v, mmd_norm).
+    effect_size: float | None = None
+    effect_name: str | None = None
+    #: Tolerance the effect had to reach for ``drift`` ([drift] min_effect).
+    min_effect: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEvent:
+    """A categorical header value first seen at a stratum (new software version, kernel)."""
+
+    id: int
+    model_id: int
+    stratum_kind: str
+    stratum_value: str
+    field: str
+    old_value: str | None
+    new_value: str
+    first_seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeEventDraft:
+    """A change event to record; unique per model, stratum, field and new value."""
+
+    model_id: int
+    stratum_kind: str
+    stratum_value: str
+    field: str
+    old_value: str | None
+    new_value: str
+    first_seen_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +343,38 @@ class Incident:
     mdr_deadline_at: datetime | None
     fda_deadline_at: datetime | None
     events: tuple[IncidentEvent, ...] = ()
+    #: the closed incident of the same root cause this one recurs after
+    recurrence_of: int | None = None
+    #: vigilance reports made to authorities (``incidents report``)
+    reports: tuple[VigilanceReport, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VigilanceReport:
+    """A report made to an authority (``eu-mdr`` or ``fda``) for an incident."""
+
+    incident_id: int
+    authority: str
+    reference: str
+    reported_at: datetime
+    recorded_by: str
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class DeadlineState:
+    """One reporting deadline of an incident: due when, reported when, and its status.
+
+    ``status`` is a :class:`~surveillance.core.statuses.DeadlineStatus` value:
+    ``met`` (reported by the deadline), ``missed`` (reported late, or not reported
+    and past due), ``open`` (not reported, not yet due), ``not_applicable``.
+    """
+
+    authority: str
+    due_at: datetime | None
+    reported_at: datetime | None
+    reference: str | None
+    status: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +439,10 @@ class AuditReport:
     events: int
     head_hash: str | None
     problems: tuple[str, ...]
+    #: events written without the audit key before the first keyed one (legacy)
+    unkeyed_events: int = 0
+    #: keyed events whose hash could not be checked (verified without the key)
+    unverified_events: int = 0
 
     @property
     def ok(self) -> bool:
@@ -404,6 +498,10 @@ class DriftCheckDraft:
     n_reference: int
     n_window: int
     details: dict[str, Any]
+    p_adjusted: float | None = None
+    effect_size: float | None = None
+    effect_name: str | None = None
+    min_effect: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,19 +542,24 @@ __all__ = [
     "AuditReport",
     "Baseline",
     "CaseTable",
+    "ChangeEvent",
+    "ChangeEventDraft",
     "DeadLetter",
     "DeadLetterRecord",
+    "DeadlineState",
     "DiagnosisRecord",
     "DriftCheck",
     "Incident",
     "IncidentEvent",
     "IngestBatch",
     "IngestCounts",
+    "LabelWithdrawalRecord",
     "ModelInfo",
     "OffsetRecord",
     "PerformanceCheck",
     "PredictionRecord",
     "SpoolRecord",
     "StudyMetadataRecord",
+    "VigilanceReport",
     "VolumeRow",
 ]

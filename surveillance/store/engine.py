@@ -46,10 +46,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+#: Driver names accepted in a PostgreSQL URL and run on psycopg 3 (see normalise_url).
+PSYCOPG2_SCHEMES = ("postgresql+psycopg2://", "postgres+psycopg2://", "postgresql+psycopg2cffi://")
+
+
 def normalise_url(url: str) -> str:
-    """Use psycopg 3 for plain ``postgresql://`` URLs (the only driver installed)."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    """Run every PostgreSQL URL on psycopg 3, the one driver installed.
+
+    ``postgresql://`` and ``postgres://`` get ``+psycopg``. A URL written for
+    psycopg2 (``postgresql+psycopg2://``, as in the product brief and many
+    existing deployments) is accepted and mapped to psycopg 3 as well: the
+    intake's write path needs psycopg 3's COPY API (binary ``copy.write_row``
+    into a staging table), the connection parameters and query string mean
+    the same to both drivers, and psycopg2 is deliberately not a dependency
+    (two drivers in one venv is a known trap). Other URLs are returned as they are.
+    """
+    for scheme in ("postgresql://", "postgres://", *PSYCOPG2_SCHEMES):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
 
 

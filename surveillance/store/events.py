@@ -19,12 +19,15 @@ from surveillance.store.domain import (
     DeadLetter,
     IngestBatch,
     IngestCounts,
+    LabelWithdrawalRecord,
 )
 from surveillance.store.ingest_writer import read_offsets, write_batch
 from surveillance.store.models import (
     ConsumerOffsetRow,
     DeadLetterRow,
+    DiagnosisRow,
     ImageSpoolRow,
+    StudyRow,
 )
 from surveillance.store.types import utcnow
 
@@ -67,6 +70,46 @@ class EventsRepository(Repository):
     def consumer_groups(self) -> list[str]:
         with self._sessions.scope() as s:
             return sorted(s.scalars(select(ConsumerOffsetRow.consumer_group).distinct()))
+
+    def reset_offset(
+        self,
+        consumer_group: str,
+        topic: str,
+        partition: int,
+        next_offset: int,
+        *,
+        actor: str,
+        reason: str,
+    ) -> None:
+        """Set the stored next offset of one partition (it may go back); audited.
+
+        Used when the stored offset lies outside the broker's log (the log was
+        lost or the topic recreated): ``[kafka] on_offset_out_of_range = "earliest"``.
+        """
+        with self._sessions.scope() as s:
+            row = s.get(ConsumerOffsetRow, (consumer_group, topic, partition))
+            before = None if row is None else row.next_offset
+            if row is None:
+                s.add(
+                    ConsumerOffsetRow(
+                        consumer_group=consumer_group,
+                        topic=topic,
+                        partition=partition,
+                        next_offset=next_offset,
+                        updated_at=utcnow(),
+                    )
+                )
+            else:
+                row.next_offset = next_offset
+                row.updated_at = utcnow()
+            audit.append(
+                s,
+                actor=actor,
+                action="kafka.offset_reset",
+                entity="consumer_offset",
+                entity_id=f"{consumer_group}/{topic}[{partition}]",
+                detail={"before": before, "after": next_offset, "reason": reason[:500]},
+            )
 
     def forget_offsets(self, consumer_group: str) -> int:
         """Delete every stored offset of ``consumer_group`` (bench clean-up); returns rows gone."""
@@ -172,6 +215,57 @@ class EventsRepository(Repository):
                     )
                 )
         return found
+
+    def pending_spool_files(self, limit: int = 20) -> list[str]:
+        """Spool file names of up to ``limit`` instances not yet embedded (nor failed)."""
+        with self._sessions.scope() as s:
+            return list(
+                s.scalars(
+                    select(ImageSpoolRow.file_name)
+                    .where(ImageSpoolRow.embedded_at.is_(None), ImageSpoolRow.error.is_(None))
+                    .order_by(ImageSpoolRow.id)
+                    .limit(limit)
+                )
+            )
+
+    def withdraw_labels(self, items: Sequence[LabelWithdrawalRecord], *, actor: str) -> int:
+        """Mark the valid report-sourced diagnoses of each (study, finding) withdrawn.
+
+        An entered-in-error DiagnosticReport says an earlier version was wrong; its
+        labels stay stored (evidence) with ``withdrawn_at`` set, and no check reads
+        them any more. Returns how many diagnosis rows were withdrawn; audited.
+        """
+        if not items:
+            return 0
+        now = utcnow()
+        total = 0
+        with self._sessions.scope() as s:
+            for item in items:
+                study_ids = select(StudyRow.id).where(
+                    StudyRow.uid_pseudonym == item.study_uid_pseudonym
+                )
+                result = s.execute(
+                    update(DiagnosisRow)
+                    .where(
+                        DiagnosisRow.study_id.in_(study_ids),
+                        DiagnosisRow.finding == item.finding,
+                        DiagnosisRow.source == "report",
+                        DiagnosisRow.withdrawn_at.is_(None),
+                    )
+                    .values(withdrawn_at=now, withdrawn_by=item.report_hash)
+                    .execution_options(synchronize_session=False)
+                )
+                count = int(getattr(result, "rowcount", 0) or 0)
+                total += count
+                audit.append(
+                    s,
+                    actor=actor,
+                    action="diagnosis.withdrawn",
+                    entity="diagnosis",
+                    entity_id=item.report_hash,
+                    detail={"finding": item.finding, "withdrawn": count},
+                )
+        return total
 
     def failed_spool_files(self, *, before: datetime) -> list[str]:
         """Spool file names of instances that could not be embedded, received before ``before``."""

@@ -1,26 +1,37 @@
 """Idempotent batch writes of ingested records, in one transaction.
 
-Every insert is ``ON CONFLICT DO NOTHING`` on the record's natural key
-(message id + finding, study UID pseudonym, dead-letter position), so a
-redelivered batch never duplicates a row. Consumer offsets are upserted in the
-same transaction as the rows they cover.
+Every insert is idempotent on the record's natural key (message id + finding,
+study UID pseudonym, dead-letter position), so a redelivered batch never
+duplicates a row. Consumer offsets are upserted in the same transaction as the
+rows they cover.
+
+Conflicts: a prediction or diagnosis whose message id is already stored (or
+came earlier in the same batch) with the *same* content is a redelivery and
+skipped (``*_duplicate``). With *different* content (another score, study,
+time...) it is not "already stored": the whole record is left unwritten, the
+stored row is never overwritten, and the record becomes a dead letter at its
+source position with the reason ``conflict: prediction message_id '...' is
+already stored with a different score, ...`` (counted in ``IngestCounts.conflicts``).
 
 On PostgreSQL the high-volume tables avoid SQLAlchemy's multi-row INSERT
 (building a 2,000-row statement costs more than PostgreSQL takes to run it):
 study skeletons go through a binary COPY into a session temporary table and
 one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``; predictions and
 diagnoses, which are new unless redelivered, are COPYed straight into their
-table inside a savepoint and take that conflict-tolerant path only when the
-COPY hits a duplicate. Same semantics as on SQLite, several times faster.
-Rows are written in key order so that concurrent consumers inserting
-overlapping keys do not deadlock.
+table inside a savepoint and take the staging path (COPY into the temp table,
+one join against the stored rows to find conflicts, ``INSERT ... SELECT ... ON
+CONFLICT DO NOTHING``) only when the COPY hits a stored key. SQLite runs the
+same steps with plain multi-row INSERTs. Rows are written in key order so
+that concurrent consumers inserting overlapping keys do not deadlock.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +45,7 @@ from surveillance.core.errors import (
     StoreError,
     StoreUnavailable,
 )
+from surveillance.core.events import SourcePosition
 from surveillance.store.domain import (
     DeadLetterRecord,
     DiagnosisRecord,
@@ -93,8 +105,13 @@ def _pg_copy_insert(
     columns: Sequence[tuple[str, str]],
     rows: Iterable[Sequence[Any]],
     order_by: str,
+    returning: str = "",
+    found: dict[Any, Any] | None = None,
 ) -> int:
     """COPY ``rows`` into a temp table shaped like ``table``, then insert the new ones.
+
+    With ``returning`` ("key, value" columns), the inserted rows' pairs are added
+    to ``found``.
 
     ``columns`` are (name, PostgreSQL type) pairs: binary COPY needs the types
     and is about five times cheaper to encode than text. The temp table lives
@@ -119,56 +136,22 @@ def _pg_copy_insert(
                 copy.write_row(row)
         cur.execute(
             f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {temp} ORDER BY {order_by} "
-            "ON CONFLICT DO NOTHING"
+            "ON CONFLICT DO NOTHING" + (f" RETURNING {returning}" if returning else "")
         )
+        if returning and found is not None:
+            found.update((key, value) for key, value in cur)
         return max(cur.rowcount, 0)
 
 
-def _pg_copy_new_rows(
-    session: Session,
-    table: str,
-    columns: Sequence[tuple[str, str]],
-    rows: list[tuple[Any, ...]],
-    order_by: str,
-) -> int:
-    """Insert ``rows`` that are normally all new (message ids); returns rows inserted.
-
-    Optimistic: a binary COPY straight into ``table`` inside a savepoint, the
-    cheapest way into an indexed table. A redelivered row makes the COPY fail
-    with a unique violation; then the savepoint is rolled back and the batch
-    goes through :func:`_pg_copy_insert` (``ON CONFLICT DO NOTHING``). Rows are
-    sorted by their key first, so concurrent writers take index locks in the
-    same order.
-    """
-    rows.sort(key=lambda row: row[:2])
-    conn = session.connection().connection.driver_connection
-    assert isinstance(conn, psycopg.Connection)
-    cols = ", ".join(name for name, _ in columns)
-    with _driver_errors(), conn.cursor() as cur:
-        cur.execute("SAVEPOINT ingest_copy")
-        try:
-            with cur.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types([pg_type for _, pg_type in columns])
-                for row in rows:
-                    copy.write_row(row)
-        except psycopg.errors.UniqueViolation:
-            cur.execute("ROLLBACK TO SAVEPOINT ingest_copy")
-        else:
-            cur.execute("RELEASE SAVEPOINT ingest_copy")
-            return len(rows)
-    return _pg_copy_insert(session, table, columns, rows, order_by)
-
-
-def _pg_study_ids(session: Session) -> dict[str, int]:
-    """Ids of the studies just staged by ``_pg_copy_insert`` (new or already stored)."""
+def _pg_study_ids(session: Session, uids: Iterable[str]) -> dict[str, int]:
+    """Ids of the studies ``uids`` staged by ``_pg_copy_insert`` that were stored already."""
     conn = session.connection().connection.driver_connection
     assert isinstance(conn, psycopg.Connection)
     with _driver_errors(), conn.cursor() as cur:
         cur.execute(
-            "SELECT s.uid_pseudonym, s.id FROM study s "
-            "JOIN _ingest_study t ON t.uid_pseudonym = s.uid_pseudonym"
+            "SELECT id, uid_pseudonym FROM study WHERE uid_pseudonym = ANY(%s)", [list(uids)]
         )
-        return {uid: study_id for uid, study_id in cur}
+        return {uid: study_id for study_id, uid in cur}
 
 
 def site_label(pseudonym: str) -> str:
@@ -230,6 +213,7 @@ def _ensure_studies(session: Session, first_seen: dict[str, datetime]) -> dict[s
     if not first_seen:
         return {}
     now = utcnow()
+    ids: dict[str, int] = {}
     if _is_postgres(session):
         _pg_copy_insert(
             session,
@@ -242,15 +226,20 @@ def _ensure_studies(session: Session, first_seen: dict[str, datetime]) -> dict[s
             ),
             ((uid, at, now, False) for uid, at in first_seen.items()),
             order_by="uid_pseudonym",
+            returning="uid_pseudonym, id",
+            found=ids,
         )
-        return _pg_study_ids(session)
+        # New studies came back from RETURNING; look up only the ones already stored.
+        missing = [uid for uid in first_seen if uid not in ids]
+        if missing:
+            ids.update(_pg_study_ids(session, missing))
+        return ids
     rows = [
         {"uid_pseudonym": uid, "studied_at": at, "received_at": now, "has_metadata": False}
         for uid, at in first_seen.items()
     ]
     for chunk in _chunks(rows):
         session.execute(_insert(session, StudyRow).values(list(chunk)).on_conflict_do_nothing())
-    ids: dict[str, int] = {}
     uids = list(first_seen)
     for start in range(0, len(uids), CHUNK):
         part = uids[start : start + CHUNK]
@@ -305,6 +294,9 @@ def _write_metadata(session: Session, records: list[StudyMetadataRecord]) -> int
             }
         )
     updatable = [k for k in rows[0] if k not in ("uid_pseudonym", "received_at", "studied_at")]
+    if _is_postgres(session):
+        _pg_upsert_studies(session, rows, updatable)
+        return len(rows)
     for chunk in _chunks(rows):
         stmt = _insert(session, StudyRow).values(list(chunk))
         excluded = stmt.excluded
@@ -319,6 +311,56 @@ def _write_metadata(session: Session, records: list[StudyMetadataRecord]) -> int
     return len(rows)
 
 
+_STUDY_TYPES = {
+    "uid_pseudonym": "text",
+    "patient_pseudonym": "text",
+    "accession_pseudonym": "text",
+    "site_id": "int8",
+    "device_id": "int8",
+    "studied_at": "timestamptz",
+    "modality": "text",
+    "software_versions": "text",
+    "convolution_kernel": "text",
+    "slice_thickness": "float8",
+    "kvp": "float8",
+    "pixel_spacing": "float8",
+    "magnetic_field_strength": "float8",
+    "body_part": "text",
+    "view_position": "text",
+    "sex": "text",
+    "age_band": "text",
+    "has_metadata": "bool",
+    "received_at": "timestamptz",
+}
+
+
+def _pg_upsert_studies(session: Session, rows: list[dict[str, Any]], updatable: list[str]) -> None:
+    """The headers' study rows: binary COPY into a temp table, one INSERT ... ON CONFLICT
+    (uid_pseudonym) DO UPDATE. Same effect as the multi-row upsert on SQLite, without
+    compiling a 5,000-row statement (which cost more CPU than everything else)."""
+    conn = session.connection().connection.driver_connection
+    assert isinstance(conn, psycopg.Connection)
+    names = list(rows[0])
+    cols = ", ".join(names)
+    sets = ", ".join(f"{k} = excluded.{k}" for k in updatable)
+    rows = sorted(rows, key=lambda r: str(r["uid_pseudonym"]))
+    with _driver_errors(), conn.cursor() as cur:
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS _ingest_study_meta ON COMMIT DELETE ROWS AS "
+            f"SELECT {cols} FROM study WITH NO DATA"
+        )
+        cur.execute("DELETE FROM _ingest_study_meta")
+        with cur.copy(f"COPY _ingest_study_meta ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([_STUDY_TYPES[n] for n in names])
+            for row in rows:
+                copy.write_row([row[n] for n in names])
+        cur.execute(
+            f"INSERT INTO study AS s ({cols}) SELECT {cols} FROM _ingest_study_meta "
+            f"ON CONFLICT (uid_pseudonym) DO UPDATE SET {sets}, "
+            "studied_at = coalesce(excluded.studied_at, s.studied_at)"
+        )
+
+
 def _insert_returning_count(session: Session, table: Any, rows: list[dict[str, Any]]) -> int:
     inserted = 0
     for chunk in _chunks(rows):
@@ -327,99 +369,340 @@ def _insert_returning_count(session: Session, table: Any, rows: list[dict[str, A
     return inserted
 
 
+# ---- predictions and diagnoses: idempotent on the message id, conflicts dead-lettered --
+
+
+@dataclass(frozen=True, slots=True)
+class _Keyed:
+    """A table whose rows are keyed by the message id (plus finding for predictions).
+
+    ``columns`` are (name, PostgreSQL type) pairs: the key columns first, then
+    the content compared for conflicts, then ``ingested_at`` (never compared).
+    """
+
+    table: str
+    orm: Any
+    columns: tuple[tuple[str, str], ...]
+    n_key: int
+
+    @property
+    def content_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.columns[self.n_key : -1])
+
+
+_PREDICTION = _Keyed(
+    "prediction",
+    PredictionRow,
+    (
+        ("message_id", "text"),
+        ("finding", "text"),
+        ("model_id", "int8"),
+        ("model_version", "text"),
+        ("study_id", "int8"),
+        ("score", "float8"),
+        ("predicted_at", "timestamptz"),
+        ("ingested_at", "timestamptz"),
+    ),
+    2,
+)
+_DIAGNOSIS = _Keyed(
+    "diagnosis",
+    DiagnosisRow,
+    (
+        ("message_id", "text"),
+        ("study_id", "int8"),
+        ("finding", "text"),
+        ("present", "bool"),
+        ("source", "text"),
+        ("confirmed_at", "timestamptz"),
+        ("ingested_at", "timestamptz"),
+    ),
+    1,
+)
+
+#: One delivered record: its message id and source position (rows of one
+#: prediction message share it). A conflict rejects the whole record.
+Unit = tuple[str, SourcePosition | None]
+
+
+@dataclass(slots=True)
+class _KeyedResult:
+    inserted: int = 0
+    conflict_rows: int = 0
+    #: record -> names of the columns that differ from what is stored
+    conflicts: dict[Unit, list[str]] = field(default_factory=dict)
+
+
+def _differing(spec: _Keyed, stored: Sequence[Any], new: Sequence[Any]) -> list[str]:
+    names = [n for n, a, b in zip(spec.content_names, stored, new, strict=True) if a != b]
+    return [n.removesuffix("_id") if n == "study_id" else n for n in names]
+
+
+def _stored_content(
+    session: Session, spec: _Keyed, rows: Sequence[tuple[Any, ...]]
+) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """Key -> stored content of the rows of ``spec`` that share a key with ``rows``.
+
+    On PostgreSQL ``rows`` have been COPYed into the temp table already (joined);
+    on SQLite they are looked up by message id in chunks.
+    """
+    n = spec.n_key
+    if _is_postgres(session):
+        conn = session.connection().connection.driver_connection
+        assert isinstance(conn, psycopg.Connection)
+        keys = [name for name, _ in spec.columns[:n]]
+        cols = ", ".join(f"p.{name}" for name, _ in spec.columns[:-1])
+        on = " AND ".join(f"p.{k} = t.{k}" for k in keys)
+        with _driver_errors(), conn.cursor() as cur:
+            cur.execute(
+                f"SELECT DISTINCT {cols} FROM {spec.table} p JOIN _ingest_{spec.table} t ON {on}"
+            )
+            return {tuple(r[:n]): tuple(r[n:]) for r in cur}
+    orm = spec.orm
+    columns = [getattr(orm, name) for name, _ in spec.columns[:-1]]
+    ids = sorted({row[0] for row in rows})
+    stored: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    for start in range(0, len(ids), CHUNK):
+        found = session.execute(
+            select(*columns).where(orm.message_id.in_(ids[start : start + CHUNK]))
+        )
+        stored.update((tuple(r[:n]), tuple(r[n:])) for r in found)
+    return stored
+
+
+def _write_keyed(
+    session: Session, spec: _Keyed, rows: list[tuple[Any, ...]], units: list[Unit]
+) -> _KeyedResult:
+    """Insert the new rows; skip exact redeliveries; reject records that conflict.
+
+    A row whose key (message id, + finding) is already stored, or was seen earlier
+    in this batch, with the same content is a redelivery and skipped. With
+    different content it is a *conflict*: its whole record is not written
+    (the stored row is never overwritten) and is reported in ``conflicts``.
+    """
+    result = _KeyedResult()
+    if not rows:
+        return result
+    n = spec.n_key
+    seen: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    kept: list[int] = []
+    for i, row in enumerate(rows):
+        key, content = row[:n], row[n:-1]
+        previous = seen.get(key)
+        if previous is None:
+            seen[key] = content
+            kept.append(i)
+        elif previous != content:
+            result.conflicts.setdefault(units[i], _differing(spec, previous, content))
+    candidates = [i for i in kept if units[i] not in result.conflicts]
+    if _is_postgres(session):
+        candidates.sort(key=lambda i: rows[i][:n])
+        if _pg_copy_straight(session, spec, [rows[i] for i in candidates]):
+            result.inserted = len(candidates)
+        else:
+            _pg_copy_temp(session, spec, [rows[i] for i in candidates])
+            before = len(result.conflicts)
+            _find_stored_conflicts(session, spec, rows, units, candidates, result)
+            if len(result.conflicts) != before:
+                candidates = [i for i in candidates if units[i] not in result.conflicts]
+                _pg_copy_temp(session, spec, [rows[i] for i in candidates])
+            result.inserted = _pg_insert_from_temp(session, spec)
+    else:
+        _find_stored_conflicts(session, spec, rows, units, candidates, result)
+        candidates = [i for i in candidates if units[i] not in result.conflicts]
+        names = [name for name, _ in spec.columns]
+        result.inserted = _insert_returning_count(
+            session, spec.orm, [dict(zip(names, rows[i], strict=True)) for i in candidates]
+        )
+    result.conflict_rows = sum(1 for u in units if u in result.conflicts)
+    return result
+
+
+def _find_stored_conflicts(
+    session: Session,
+    spec: _Keyed,
+    rows: list[tuple[Any, ...]],
+    units: list[Unit],
+    candidates: list[int],
+    result: _KeyedResult,
+) -> None:
+    n = spec.n_key
+    stored = _stored_content(session, spec, [rows[i] for i in candidates])
+    for i in candidates:
+        existing = stored.get(rows[i][:n])
+        if existing is not None and existing != rows[i][n:-1]:
+            result.conflicts.setdefault(units[i], _differing(spec, existing, rows[i][n:-1]))
+
+
+def _pg_copy_straight(session: Session, spec: _Keyed, rows: list[tuple[Any, ...]]) -> bool:
+    """Binary COPY ``rows`` straight into the table inside a savepoint.
+
+    The cheapest way into an indexed table, and the normal case: message ids
+    are new unless redelivered. Returns False (savepoint rolled back, nothing
+    written) when a row's key is already stored.
+    """
+    conn = session.connection().connection.driver_connection
+    assert isinstance(conn, psycopg.Connection)
+    cols = ", ".join(name for name, _ in spec.columns)
+    with _driver_errors(), conn.cursor() as cur:
+        cur.execute("SAVEPOINT ingest_copy")
+        try:
+            with cur.copy(f"COPY {spec.table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types([pg_type for _, pg_type in spec.columns])
+                for row in rows:
+                    copy.write_row(row)
+        except psycopg.errors.UniqueViolation:
+            cur.execute("ROLLBACK TO SAVEPOINT ingest_copy")
+            return False
+        cur.execute("RELEASE SAVEPOINT ingest_copy")
+        return True
+
+
+def _pg_copy_temp(session: Session, spec: _Keyed, rows: list[tuple[Any, ...]]) -> None:
+    """(Re)fill the session's temp staging table for ``spec`` with ``rows``."""
+    conn = session.connection().connection.driver_connection
+    assert isinstance(conn, psycopg.Connection)
+    temp = f"_ingest_{spec.table}"
+    cols = ", ".join(name for name, _ in spec.columns)
+    with _driver_errors(), conn.cursor() as cur:
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {temp} ON COMMIT DELETE ROWS AS "
+            f"SELECT {cols} FROM {spec.table} WITH NO DATA"
+        )
+        cur.execute(f"DELETE FROM {temp}")
+        with cur.copy(f"COPY {temp} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types([pg_type for _, pg_type in spec.columns])
+            for row in rows:
+                copy.write_row(row)
+
+
+def _pg_insert_from_temp(session: Session, spec: _Keyed) -> int:
+    conn = session.connection().connection.driver_connection
+    assert isinstance(conn, psycopg.Connection)
+    cols = ", ".join(name for name, _ in spec.columns)
+    order = ", ".join(name for name, _ in spec.columns[: spec.n_key])
+    with _driver_errors(), conn.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO {spec.table} ({cols}) SELECT {cols} FROM _ingest_{spec.table} "
+            f"ORDER BY {order} ON CONFLICT DO NOTHING"
+        )
+        return max(cur.rowcount, 0)
+
+
+def _conflict_letter(
+    kind: str, unit: Unit, differing: list[str], payload: dict[str, Any]
+) -> DeadLetterRecord:
+    message_id, position = unit
+    shown_id = message_id if len(message_id) <= 80 else message_id[:77] + "..."
+    reason = (
+        f"conflict: {kind} message_id {shown_id!r} is already stored with a different "
+        f"{', '.join(differing) or 'content'}; the stored record is kept, this one is not written"
+    )
+    text = json.dumps({"kind": kind, **payload}, separators=(",", ":"), default=str)
+    data = text.encode()
+    if position is None:
+        source, locator, partition, offset = "synthetic", f"conflict:{kind}:{message_id}", -1, -1
+    else:
+        source, locator = position.source, position.locator
+        partition = -1 if position.partition is None else position.partition
+        offset = -1 if position.offset is None else position.offset
+    return DeadLetterRecord(
+        source=source,
+        locator=locator[:1024],
+        partition=partition,
+        offset=offset,
+        kind=kind,
+        reason=reason,
+        payload=text,
+        payload_sha256=hashlib.sha256(data).hexdigest(),
+        payload_bytes=len(data),
+    )
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 def _write_predictions(
     session: Session, records: list[PredictionRecord], studies: dict[str, int]
-) -> int:
+) -> tuple[int, int, list[DeadLetterRecord]]:
+    """(rows inserted, rows of conflicting records, their dead letters)."""
     now = utcnow()
-    if _is_postgres(session) and records:
-        return _pg_copy_new_rows(
-            session,
-            "prediction",
-            (
-                ("message_id", "text"),
-                ("model_id", "int8"),
-                ("model_version", "text"),
-                ("study_id", "int8"),
-                ("finding", "text"),
-                ("score", "float8"),
-                ("predicted_at", "timestamptz"),
-                ("ingested_at", "timestamptz"),
-            ),
-            [
-                (
-                    r.message_id,
-                    r.model_id,
-                    r.model_version,
-                    studies[r.study_uid_pseudonym],
-                    r.finding,
-                    r.score,
-                    r.predicted_at,
-                    now,
-                )
-                for r in records
-            ],
-            order_by="message_id, finding",
-        )
     rows = [
-        {
-            "message_id": r.message_id,
-            "model_id": r.model_id,
-            "model_version": r.model_version,
-            "study_id": studies[r.study_uid_pseudonym],
-            "finding": r.finding,
-            "score": r.score,
-            "predicted_at": r.predicted_at,
-            "ingested_at": now,
-        }
+        (
+            r.message_id,
+            r.finding,
+            r.model_id,
+            r.model_version,
+            studies[r.study_uid_pseudonym],
+            r.score,
+            r.predicted_at,
+            now,
+        )
         for r in records
     ]
-    return _insert_returning_count(session, PredictionRow, rows)
+    units: list[Unit] = [(r.message_id, r.position) for r in records]
+    result = _write_keyed(session, _PREDICTION, rows, units)
+    letters = []
+    for unit, differing in result.conflicts.items():
+        mine = [r for r, u in zip(records, units, strict=True) if u == unit]
+        first = mine[0]
+        letters.append(
+            _conflict_letter(
+                "prediction",
+                unit,
+                differing,
+                {
+                    "message_id": first.message_id,
+                    "model_id": first.model_id,
+                    "model_version": first.model_version,
+                    "study_instance_uid": "pseudonym:" + first.study_uid_pseudonym,
+                    "outputs": {r.finding: r.score for r in mine},
+                    "predicted_at": _iso(first.predicted_at),
+                },
+            )
+        )
+    return result.inserted, result.conflict_rows, letters
 
 
 def _write_diagnoses(
     session: Session, records: list[DiagnosisRecord], studies: dict[str, int]
-) -> int:
+) -> tuple[int, int, list[DeadLetterRecord]]:
+    """(rows inserted, rows of conflicting records, their dead letters)."""
     now = utcnow()
-    if _is_postgres(session) and records:
-        return _pg_copy_new_rows(
-            session,
-            "diagnosis",
-            (
-                ("message_id", "text"),
-                ("study_id", "int8"),
-                ("finding", "text"),
-                ("present", "bool"),
-                ("source", "text"),
-                ("confirmed_at", "timestamptz"),
-                ("ingested_at", "timestamptz"),
-            ),
-            [
-                (
-                    r.message_id,
-                    studies[r.study_uid_pseudonym],
-                    r.finding,
-                    r.present,
-                    r.source,
-                    r.confirmed_at,
-                    now,
-                )
-                for r in records
-            ],
-            order_by="message_id",
-        )
     rows = [
-        {
-            "message_id": r.message_id,
-            "study_id": studies[r.study_uid_pseudonym],
-            "finding": r.finding,
-            "present": r.present,
-            "source": r.source,
-            "confirmed_at": r.confirmed_at,
-            "ingested_at": now,
-        }
+        (
+            r.message_id,
+            studies[r.study_uid_pseudonym],
+            r.finding,
+            r.present,
+            r.source,
+            r.confirmed_at,
+            now,
+        )
         for r in records
     ]
-    return _insert_returning_count(session, DiagnosisRow, rows)
+    units: list[Unit] = [(r.message_id, r.position) for r in records]
+    result = _write_keyed(session, _DIAGNOSIS, rows, units)
+    letters = []
+    for unit, differing in result.conflicts.items():
+        r = next(r for r, u in zip(records, units, strict=True) if u == unit)
+        letters.append(
+            _conflict_letter(
+                "diagnosis",
+                unit,
+                differing,
+                {
+                    "message_id": r.message_id,
+                    "study_instance_uid": "pseudonym:" + r.study_uid_pseudonym,
+                    "finding": r.finding,
+                    "present": r.present,
+                    "source": r.source,
+                    "confirmed_at": _iso(r.confirmed_at),
+                },
+            )
+        )
+    return result.inserted, result.conflict_rows, letters
 
 
 def _write_spool(session: Session, records: list[SpoolRecord], studies: dict[str, int]) -> int:
@@ -476,20 +759,26 @@ def write_batch(session: Session, batch: IngestBatch) -> IngestCounts:
     for sp in batch.spool:  # normally the header in this batch created the study already
         first_seen.setdefault(sp.study_uid_pseudonym, now)
     studies = _ensure_studies(session, first_seen)
-    new_predictions = _write_predictions(session, batch.predictions, studies)
-    new_diagnoses = _write_diagnoses(session, batch.diagnoses, studies)
+    new_predictions, conflicting_predictions, letters = _write_predictions(
+        session, batch.predictions, studies
+    )
+    new_diagnoses, conflicting_diagnoses, diagnosis_letters = _write_diagnoses(
+        session, batch.diagnoses, studies
+    )
+    letters += diagnosis_letters
     spooled = _write_spool(session, batch.spool, studies)
-    dead = _write_dead_letters(session, batch.dead_letters)
+    dead = _write_dead_letters(session, [*batch.dead_letters, *letters])
     _write_offsets(session, batch.offsets)
     return IngestCounts(
         predictions_new=new_predictions,
-        predictions_duplicate=len(batch.predictions) - new_predictions,
+        predictions_duplicate=len(batch.predictions) - new_predictions - conflicting_predictions,
         metadata=metadata,
         diagnoses_new=new_diagnoses,
-        diagnoses_duplicate=len(batch.diagnoses) - new_diagnoses,
+        diagnoses_duplicate=len(batch.diagnoses) - new_diagnoses - conflicting_diagnoses,
         dead_letters=dead,
         spooled_new=spooled,
         spooled_duplicate=len(batch.spool) - spooled,
+        conflicts=len(letters),
     )
 
 

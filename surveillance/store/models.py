@@ -35,10 +35,12 @@ from surveillance.core.statuses import (
     DeliveryStatus,
     DiagnosisSource,
     DriftStatus,
+    FscaStatus,
     IncidentStatus,
     JobRunStatus,
     PerformanceStatus,
     ReferenceKind,
+    ReportAuthority,
     Severity,
     SignalKind,
     VigilanceClass,
@@ -80,6 +82,20 @@ class ModelRow(Base):
         comment="Finding name -> operating threshold on the score"
     )
     registered_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # device identification for the PSUR (MDCG 2022-21 Annex I) and the Article 72 export
+    udi_di: Mapped[str | None] = mapped_column(String(128), comment="UDI-DI of the device version")
+    basic_udi_di: Mapped[str | None] = mapped_column(
+        String(128), comment="Basic UDI-DI (the device model's key in EUDAMED)"
+    )
+    device_class: Mapped[str | None] = mapped_column(
+        String(32), comment="Risk class, e.g. IIa (MDR Annex VIII) or FDA class II"
+    )
+    notified_body: Mapped[str | None] = mapped_column(
+        String(256), comment="Notified body name and number, e.g. 'TUV SUD (0123)'"
+    )
+    certificate: Mapped[str | None] = mapped_column(
+        String(256), comment="Certificate number(s) under which the device is marketed"
+    )
 
 
 class BaselineRow(Base):
@@ -166,6 +182,10 @@ class PredictionRow(Base):
         UniqueConstraint("message_id", "finding", name="uq_prediction_message_finding"),
         CheckConstraint("score >= 0 AND score <= 1", name="score_range"),
         Index("ix_prediction_model_time", "model_id", "predicted_at"),
+        # Dashboards (0008): ingest rate and lag read both columns from the index
+        # alone; freshness per site scans a time range across models.
+        Index("ix_prediction_ingested_at", "ingested_at", "predicted_at"),
+        Index("ix_prediction_predicted_at", "predicted_at", "study_id"),
     )
     id: Mapped[int] = _id()
     message_id: Mapped[str] = mapped_column(String(256))
@@ -195,6 +215,12 @@ class DiagnosisRow(Base):
     source: Mapped[str] = mapped_column(String(32))
     confirmed_at: Mapped[datetime] = mapped_column()
     ingested_at: Mapped[datetime] = mapped_column(default=utcnow)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(
+        comment="When a later entered-in-error report withdrew this label (UTC); NULL: valid"
+    )
+    withdrawn_by: Mapped[str | None] = mapped_column(
+        String(64), comment="Keyed hash of the entered-in-error report that withdrew it"
+    )
 
 
 class EmbeddingRow(Base):
@@ -235,6 +261,7 @@ class JobRunRow(Base):
     __tablename__ = "job_run"
     __table_args__ = (
         UniqueConstraint("job_id", "scheduled_for", name="uq_job_run_key"),
+        Index("ix_job_run_scheduled_for", "scheduled_for"),  # dashboards (0008)
         CheckConstraint(check_in("status", JobRunStatus), name="status_valid"),
     )
     id: Mapped[int] = _id()
@@ -284,13 +311,61 @@ class DriftCheckRow(Base):
     stratum_value: Mapped[str] = _stratum_value()
     window_start: Mapped[datetime] = mapped_column()
     window_end: Mapped[datetime] = mapped_column()
-    status: Mapped[str] = mapped_column(String(24), comment="ok | drift | insufficient_data")
+    status: Mapped[str] = mapped_column(
+        String(24), comment="ok | drift | below_tolerance | insufficient_data"
+    )
     statistic: Mapped[float | None] = mapped_column(Float)
     p_value: Mapped[float | None] = mapped_column(Float)
     threshold: Mapped[float] = mapped_column(Float)
     n_reference: Mapped[int] = mapped_column(Integer)
     n_window: Mapped[int] = mapped_column(Integer)
     details: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    p_adjusted: Mapped[float | None] = mapped_column(
+        Float,
+        comment="p-value adjusted across the window's strata and signals ([drift] correction)",
+    )
+    effect_size: Mapped[float | None] = mapped_column(
+        Float, comment="How far the distribution moved, on the scale named by effect_name"
+    )
+    effect_name: Mapped[str | None] = mapped_column(
+        String(32), comment="Effect measure: ks_d | cramers_v | mmd_norm"
+    )
+    min_effect: Mapped[float | None] = mapped_column(
+        Float, comment="Tolerance the effect had to reach to count as drift ([drift] min_effect)"
+    )
+
+
+class ChangeEventRow(Base):
+    """A categorical header value seen for the first time at a stratum (a new software
+    version, a new kernel): the dated anchor a drift incident can name."""
+
+    __tablename__ = "change_event"
+    __table_args__ = (
+        UniqueConstraint(
+            "model_id",
+            "stratum_kind",
+            "stratum_value",
+            "field",
+            "new_value",
+            name="uq_change_event_value",
+        ),
+        Index("ix_change_event_model_seen", "model_id", "first_seen_at"),
+    )
+    id: Mapped[int] = _id()
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id"))
+    stratum_kind: Mapped[str] = _stratum_kind()
+    stratum_value: Mapped[str] = _stratum_value()
+    field: Mapped[str] = mapped_column(
+        String(64), comment="Header field, e.g. software_versions or convolution_kernel"
+    )
+    old_value: Mapped[str | None] = mapped_column(
+        String(256), comment="Most frequent value at the stratum before the change; NULL if none"
+    )
+    new_value: Mapped[str] = mapped_column(String(256), comment="The value first seen")
+    first_seen_at: Mapped[datetime] = mapped_column(
+        comment="Time of the first prediction of a study with the new value (UTC)"
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -380,12 +455,38 @@ class IncidentRow(Base):
     mdr_deadline_at: Mapped[datetime | None] = mapped_column(comment="EU MDR Art. 87 deadline")
     fda_deadline_at: Mapped[datetime | None] = mapped_column(comment="21 CFR 803 deadline")
     reported_at: Mapped[datetime | None] = mapped_column()
+    recurrence_of: Mapped[int | None] = mapped_column(
+        ForeignKey("incident.id"),
+        comment="The closed incident of the same root cause this one recurs after (new windows)",
+    )
+
+
+class VigilanceReportRow(Base):
+    """A vigilance report made to an authority for an incident (one per authority)."""
+
+    __tablename__ = "vigilance_report"
+    __table_args__ = (
+        UniqueConstraint("incident_id", "authority", name="uq_vigilance_report_authority"),
+        CheckConstraint(check_in("authority", ReportAuthority), name="authority_valid"),
+    )
+    id: Mapped[int] = _id()
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incident.id"), index=True)
+    authority: Mapped[str] = mapped_column(String(16), comment="eu-mdr | fda")
+    reference: Mapped[str] = mapped_column(
+        String(128), comment="The authority's or the manufacturer's report reference"
+    )
+    reported_at: Mapped[datetime] = mapped_column(comment="When the report was made (UTC)")
+    recorded_by: Mapped[str] = mapped_column(String(128), comment="Who recorded the report")
+    recorded_at: Mapped[datetime] = mapped_column(
+        default=utcnow, comment="When the report was recorded here (UTC)"
+    )
 
 
 class IncidentEventRow(Base):
     """The incident timeline: opened, evidence added, acknowledged, closed, ..."""
 
     __tablename__ = "incident_event"
+    __table_args__ = (Index("ix_incident_event_at", "at"),)  # dashboards (0008)
     id: Mapped[int] = _id()
     incident_id: Mapped[int] = mapped_column(ForeignKey("incident.id"), index=True)
     at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -406,7 +507,7 @@ class AlertDeliveryRow(Base):
     id: Mapped[int] = _id()
     incident_id: Mapped[int] = mapped_column(ForeignKey("incident.id"))
     channel: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16), comment="open | resolve")
+    kind: Mapped[str] = mapped_column(String(16), comment="open | resolve | silence")
     status: Mapped[str] = mapped_column(
         String(16), comment="pending | delivered | failed | cancelled"
     )
@@ -425,6 +526,7 @@ class DeadLetterRow(Base):
         UniqueConstraint(
             "source", "locator", "partition", "offset", name="uq_dead_letter_position"
         ),
+        Index("ix_dead_letter_received_at", "received_at"),  # dashboards (0008)
     )
     id: Mapped[int] = _id()
     source: Mapped[str] = mapped_column(String(16))
@@ -468,6 +570,14 @@ class AuditEventRow(Base):
     detail: Mapped[dict[str, Any]] = mapped_column()
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    db_user: Mapped[str | None] = mapped_column(
+        String(128),
+        comment="Authenticated database user (current_user) beside the --by name; NULL on SQLite",
+    )
+    key_id: Mapped[str | None] = mapped_column(
+        String(16),
+        comment="Id of the audit key whose HMAC made hash (NULL: plain SHA-256, unkeyed)",
+    )
 
 
 class ImageSpoolRow(Base):
@@ -506,6 +616,74 @@ class SchedulerJobRow(Base):
     id: Mapped[str] = mapped_column(String(191), primary_key=True)
     next_run_time: Mapped[float | None] = mapped_column(Float(25), index=True)
     job_state: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class FscaRow(Base):
+    """A field safety corrective action on the model, as recorded in the QMS."""
+
+    __tablename__ = "fsca"
+    __table_args__ = (
+        UniqueConstraint("model_id", "reference", name="uq_fsca_reference"),
+        CheckConstraint(check_in("status", FscaStatus), name="status_valid"),
+    )
+    id: Mapped[int] = _id()
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"))
+    reference: Mapped[str] = mapped_column(String(128), comment="FSCA reference in the QMS")
+    title: Mapped[str] = mapped_column(String(512), comment="What the action does, in words")
+    started_at: Mapped[datetime] = mapped_column(comment="When the action started (UTC)")
+    closed_at: Mapped[datetime | None] = mapped_column(comment="When it was closed (UTC)")
+    status: Mapped[str] = mapped_column(String(16), comment="open | closed")
+    field_safety_notice: Mapped[str | None] = mapped_column(
+        Text, comment="Reference of the field safety notice sent to users, if any"
+    )
+    recorded_by: Mapped[str] = mapped_column(String(128), comment="Who recorded it (--by)")
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow, comment="When recorded (UTC)")
+
+
+class ComplaintRow(Base):
+    """A complaint or item of user feedback, imported from the QMS (no PHI)."""
+
+    __tablename__ = "complaint"
+    __table_args__ = (UniqueConstraint("model_id", "reference", name="uq_complaint_reference"),)
+    id: Mapped[int] = _id()
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"))
+    reference: Mapped[str] = mapped_column(String(128), comment="Complaint id in the QMS")
+    received_at: Mapped[datetime] = mapped_column(comment="When the complaint was received (UTC)")
+    category: Mapped[str] = mapped_column(
+        String(128), comment="Category, e.g. false negative, usability, performance"
+    )
+    serious: Mapped[bool] = mapped_column(
+        Boolean, comment="Whether it was assessed as related to a serious incident"
+    )
+    summary: Mapped[str] = mapped_column(Text, comment="What was reported, without PHI")
+    outcome: Mapped[str | None] = mapped_column(Text, comment="Investigation outcome, if closed")
+    source_file: Mapped[str] = mapped_column(
+        String(256), comment="Name of the CSV file it was imported from"
+    )
+    imported_at: Mapped[datetime] = mapped_column(default=utcnow, comment="When imported (UTC)")
+
+
+class ReportSignoffRow(Base):
+    """A PMS report signed off by a person, with the conclusions the next report quotes."""
+
+    __tablename__ = "report_signoff"
+    __table_args__ = (
+        UniqueConstraint("model_id", "period_label", name="uq_report_signoff_period"),
+    )
+    id: Mapped[int] = _id()
+    model_id: Mapped[int] = mapped_column(ForeignKey("model.id", ondelete="CASCADE"))
+    period_label: Mapped[str] = mapped_column(String(64), comment="Report period, e.g. 2026Q3")
+    period_start: Mapped[datetime] = mapped_column(comment="Period start, inclusive (UTC)")
+    period_end: Mapped[datetime] = mapped_column(comment="Period end, exclusive (UTC)")
+    psur_reference: Mapped[str | None] = mapped_column(
+        String(128), comment="PSUR reference and version as printed on the report"
+    )
+    conclusions: Mapped[str] = mapped_column(Text, comment="The signed conclusions, verbatim")
+    signed_by: Mapped[str] = mapped_column(String(128), comment="Name and role of the signatory")
+    signed_at: Mapped[datetime] = mapped_column(comment="When it was signed (UTC)")
+    report_sha256: Mapped[str | None] = mapped_column(
+        String(64), comment="SHA-256 of the signed PDF, when given"
+    )
 
 
 # ---- column comments -------------------------------------------------------------

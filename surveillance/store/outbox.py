@@ -11,7 +11,10 @@ once: a crash between sending and recording can repeat one message).
 
 Statuses: ``pending`` (waiting for its next attempt), ``delivered``,
 ``failed`` (gave up after the last attempt; ``surveillance alerts retry``
-re-arms it), ``cancelled`` (the incident closed before its open page went out)."""
+re-arms it), ``cancelled`` (the incident closed before its open page went out).
+
+Kinds: ``open`` (the page), ``resolve`` (the all-clear on close) and ``silence``
+(an Alertmanager silence posted once when on-call acknowledges)."""
 
 from __future__ import annotations
 
@@ -89,7 +92,8 @@ class OutboxRepository(Repository):
         """(incident id, channel) pairs that need a delivery of ``kind`` and have none.
 
         ``open``: incidents not closed. ``resolve``: closed incidents whose open
-        page was delivered on that channel.
+        page was delivered on that channel. ``silence``: acknowledged incidents
+        not closed.
         """
         if not channels:
             return []
@@ -104,6 +108,11 @@ class OutboxRepository(Repository):
                 stmt = select(IncidentRow.id).where(~exists().where(same))
                 if kind == DeliveryKind.OPEN:
                     stmt = stmt.where(IncidentRow.status.in_(OPEN_INCIDENT_STATUSES))
+                elif kind == DeliveryKind.SILENCE:
+                    stmt = stmt.where(
+                        IncidentRow.status.in_(OPEN_INCIDENT_STATUSES),
+                        IncidentRow.acknowledged_at.is_not(None),
+                    )
                 else:
                     opened = (
                         (AlertDeliveryRow.incident_id == IncidentRow.id)
@@ -118,13 +127,13 @@ class OutboxRepository(Repository):
         return pairs
 
     def cancel_undelivered_opens(self, *, now: datetime) -> int:
-        """Open pages of closed incidents that never went out: cancelled, not sent late."""
+        """Open pages (and silences) of closed incidents that never went out: cancelled."""
         with self._sessions.scope() as s:
             closed = select(IncidentRow.id).where(IncidentRow.status == IncidentStatus.CLOSED)
             result = s.execute(
                 update(AlertDeliveryRow)
                 .where(
-                    AlertDeliveryRow.kind == DeliveryKind.OPEN,
+                    AlertDeliveryRow.kind.in_((DeliveryKind.OPEN, DeliveryKind.SILENCE)),
                     AlertDeliveryRow.status.in_((DeliveryStatus.PENDING, DeliveryStatus.FAILED)),
                     AlertDeliveryRow.incident_id.in_(closed),
                 )

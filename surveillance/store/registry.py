@@ -45,6 +45,11 @@ class RegistryRepository(Repository):
             "manufacturer": config.manufacturer,
             "intended_use": config.intended_use,
             "findings": dict(config.findings),
+            "udi_di": config.udi_di,
+            "basic_udi_di": config.basic_udi_di,
+            "device_class": config.device_class,
+            "notified_body": config.notified_body,
+            "certificate": config.certificate,
         }
         if row is None:
             row = ModelRow(name=config.name, registered_at=utcnow(), **fields)

@@ -25,10 +25,20 @@ The display pipeline follows DICOM PS3.3/PS3.4 in order:
 Compressed transfer syntaxes decode through pydicom's pixel handlers with the
 pylibjpeg plugins (JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, RLE),
 all offline.
+
+Decompression bombs (issue 12): before any pixel is decoded, the size the
+header declares (Rows x Columns x NumberOfFrames x SamplesPerPixel x bytes per
+sample) is checked against ``max_decoded_bytes`` (default 2 GiB, ``[dicom]
+max_decoded_bytes``); a larger instance is a :class:`DecodeError`. In a worker
+process (a DataLoader or pool worker, never the main process) the first decode
+also caps the process's address space (``RLIMIT_AS``) at its current size plus
+``ADDRESS_SPACE_HEADROOM`` x the budget, so a decoder that allocates more than
+the header said fails with MemoryError in that worker instead of taking the host.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Sequence
 from os import PathLike
 from typing import Any
@@ -41,6 +51,11 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel
 
 #: Side of the square image handed to the backbones unless they ask otherwise.
 DEFAULT_IMAGE_SIZE = 128
+#: Pixel budget: the most decoded bytes one instance may declare (as [dicom] max_decoded_bytes).
+DEFAULT_MAX_DECODED_BYTES = 2 * 1024**3
+#: A worker's address space may grow by this many pixel budgets (decoded array, float copies).
+ADDRESS_SPACE_HEADROOM = 4
+_capped: list[int] = []  # the cap set in this process (once)
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 
 
@@ -170,10 +185,90 @@ def square_resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.array(resized, dtype=np.float32)  # a writable copy
 
 
-def decode_dataset(ds: Dataset, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
-    """A read dataset (pixels included) -> ``(size, size)`` float32 in [0, 1]."""
+def _header_int(ds: Dataset, keyword: str, default: int) -> int:
+    try:
+        value = ds.get(keyword, default)
+        return max(int(default if value in (None, "") else value), 0)
+    except (TypeError, ValueError) as exc:
+        raise DecodeError(f"{keyword} is not an integer") from exc
+
+
+def declared_pixel_bytes(ds: Dataset) -> int:
+    """Rows x Columns x NumberOfFrames x SamplesPerPixel x bytes per sample, from the header."""
+    rows = _header_int(ds, "Rows", 0)
+    columns = _header_int(ds, "Columns", 0)
+    frames = max(_header_int(ds, "NumberOfFrames", 1), 1)
+    samples = max(_header_int(ds, "SamplesPerPixel", 1), 1)
+    bits = _header_int(ds, "BitsAllocated", 8)
+    return rows * columns * frames * samples * max((bits + 7) // 8, 1)
+
+
+def check_pixel_budget(ds: Dataset, max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> int:
+    """The declared decoded size of ``ds``; DecodeError when it exceeds the budget."""
+    declared = declared_pixel_bytes(ds)
+    if declared > max_decoded_bytes:
+        raise DecodeError(
+            f"declared pixel data of {declared} bytes exceeds max_decoded_bytes {max_decoded_bytes}"
+        )
+    return declared
+
+
+def _virtual_size() -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def cap_worker_address_space(max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> int | None:
+    """In a child process, cap RLIMIT_AS at the current size + headroom x budget (once).
+
+    Returns the cap in bytes, or None in the main process / where it cannot be set.
+    """
+    if _capped:
+        return _capped[0]
+    if multiprocessing.parent_process() is None:
+        return None
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    current = _virtual_size()
+    if current is None:
+        return None
+    cap = current + ADDRESS_SPACE_HEADROOM * max_decoded_bytes
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    if soft != resource.RLIM_INFINITY and soft <= cap:
+        _capped.append(soft)
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    except (ValueError, OSError):
+        return None
+    _capped.append(cap)
+    return cap
+
+
+def decode_dataset(
+    ds: Dataset,
+    size: int = DEFAULT_IMAGE_SIZE,
+    *,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+) -> np.ndarray:
+    """A read dataset (pixels included) -> ``(size, size)`` float32 in [0, 1].
+
+    The header's declared pixel size is checked against ``max_decoded_bytes``
+    before anything is decoded.
+    """
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise DecodeError("the instance has no pixel data")
+    check_pixel_budget(ds, max_decoded_bytes)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     frame = frames // 2 if frames > 1 else 0
     try:
@@ -186,24 +281,67 @@ def decode_dataset(ds: Dataset, size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
     return square_resize(image.astype(np.float32), size)
 
 
-def decode_for_embedding(path: str | PathLike[str], size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+def physical_pixels(ds: Dataset) -> np.ndarray:
+    """One frame (the middle one of a multi-frame instance) in modality units, float64.
+
+    Steps 1-2 only (frame, Modality LUT): Hounsfield units for CT, no VOI
+    window, no resize; colour images become grey by BT.601 luma. This is what an
+    image-quality fingerprint must see (a display window would clip the noise).
+    """
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise DecodeError("the instance has no pixel data")
+    check_pixel_budget(ds)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frame = frames // 2 if frames > 1 else 0
+    try:
+        arr = np.asarray(pixel_array(ds, index=frame) if frames > 1 else ds.pixel_array)
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError, KeyError) as exc:
+        raise DecodeError(f"cannot decode pixel data: {type(exc).__name__}: {exc}") from exc
+    if arr.ndim == 3 and arr.shape[-1] == 3:
+        values = arr.astype(np.float64) @ _LUMA
+    elif arr.ndim == 2:
+        values = _modality(ds, arr, frame)
+    else:
+        raise DecodeError(f"expected one 2-D frame, got an array of shape {arr.shape}")
+    if not np.isfinite(values).all():
+        raise DecodeError("decoded image holds NaN or infinite values")
+    return values
+
+
+def decode_for_embedding(
+    path: str | PathLike[str],
+    size: int = DEFAULT_IMAGE_SIZE,
+    *,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+) -> np.ndarray:
     """Read the DICOM file at ``path`` -> ``(size, size)`` float32 grey image in [0, 1].
 
-    Raises :class:`DecodeError` for anything that is not a decodable image;
-    I/O errors (``OSError``) pass through.
+    Raises :class:`DecodeError` for anything that is not a decodable image
+    (including a header declaring more than ``max_decoded_bytes`` of pixels, or
+    a decoder running out of the worker's capped address space); I/O errors
+    (``OSError``) pass through.
     """
+    cap_worker_address_space(max_decoded_bytes)
     try:
         ds = pydicom.dcmread(path)
     except pydicom.errors.InvalidDicomError as exc:
         raise DecodeError(f"not a DICOM file: {exc}") from exc
-    return decode_dataset(ds, size)
+    try:
+        return decode_dataset(ds, size, max_decoded_bytes=max_decoded_bytes)
+    except MemoryError as exc:
+        raise DecodeError("decoding ran out of the worker's memory cap") from exc
 
 
 __all__ = [
     "DEFAULT_IMAGE_SIZE",
+    "DEFAULT_MAX_DECODED_BYTES",
     "DecodeError",
+    "cap_worker_address_space",
+    "check_pixel_budget",
+    "declared_pixel_bytes",
     "decode_dataset",
     "decode_for_embedding",
+    "physical_pixels",
     "square_resize",
     "to_unit_grey",
     "window",

@@ -17,6 +17,13 @@
    ``resolve_timeout`` (5 minutes by default), so the open alerts of incidents
    still open are re-posted (same labels: Alertmanager de-duplicates them and
    does not page again; its own ``repeat_interval`` decides reminders).
+   Labels stay those first sent; annotations are re-rendered.
+4. **silence**: an acknowledged incident gets one ``silence`` delivery per
+   Alertmanager channel (``/api/v2/silences``, matching its ``incident_id``):
+   acknowledging stops the re-paging; the close still resolves the alert.
+
+``surveillance check`` and ``incidents ack|assess|close|report`` call
+:func:`deliver_now` right after the change; the daemon keeps retrying.
 
 The delivery log is the ``alert_delivery`` table (``surveillance alerts list``).
 """
@@ -24,12 +31,13 @@ The delivery log is the ``alert_delivery`` table (``surveillance alerts list``).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from surveillance.core.config import AlertChannelConfig, Settings
 from surveillance.core.errors import NotFoundError
-from surveillance.incidents.alerts.channels import ChannelError, render, send
+from surveillance.incidents.alerts.channels import ChannelError, render, send, silence_payload
 from surveillance.incidents.alerts.messages import AlertMessage, build_message
 from surveillance.store import Store
 from surveillance.store.types import utcnow
@@ -86,7 +94,7 @@ def message_for(
             )
             baseline = model.baseline(finding, metric, stratum)
             source = baseline.source_document if baseline else None
-    return build_message(
+    message = build_message(
         incident,
         kind=kind,
         performance=performance,
@@ -95,7 +103,39 @@ def message_for(
         now=now,
         baseline_source=source,
         model_version=version,
+        runbook_url=settings.service.runbook_url,
     )
+    anchor = store.audit.anchor()
+    return replace(message, audit_head=anchor.head_hash, audit_events=anchor.events)
+
+
+def _open_labels(store: Store, incident_id: int, channel: str) -> dict[str, str] | None:
+    """Labels of the open alert already sent to an Alertmanager channel (its identity)."""
+    for item in store.outbox.find(incident_id=incident_id):
+        if item.channel == channel and item.kind == "open":
+            alerts = item.payload.get("alerts") or [{}]
+            labels = alerts[0].get("labels")
+            return dict(labels) if labels else None
+    return None
+
+
+def _payload(
+    store: Store,
+    channel: AlertChannelConfig,
+    message: AlertMessage,
+    kind: str,
+    incident_id: int,
+    now: datetime,
+) -> dict[str, Any]:
+    if kind == "silence":
+        by = store.incidents.get(incident_id).acknowledged_by or "surveillance"
+        return silence_payload(message, by, now)
+    payload = render(channel, message, now)
+    if channel.type == "alertmanager" and kind == "resolve":
+        labels = _open_labels(store, incident_id, channel.name)
+        if labels:  # resolve exactly the alert that was opened
+            payload["alerts"][0]["labels"] = labels
+    return payload
 
 
 def queue_alerts(store: Store, settings: Settings, *, now: datetime) -> tuple[int, int]:
@@ -103,12 +143,14 @@ def queue_alerts(store: Store, settings: Settings, *, now: datetime) -> tuple[in
     channels = {c.name: c for c in settings.alerts}
     cancelled = store.outbox.cancel_undelivered_opens(now=now)
     queued = 0
-    for kind in ("open", "resolve"):
+    for kind in ("open", "resolve", "silence"):
+        names = [n for n, c in channels.items() if kind != "silence" or c.type == "alertmanager"]
         messages: dict[int, AlertMessage] = {}
-        for incident_id, name in store.outbox.missing(list(channels), kind):
+        for incident_id, name in store.outbox.missing(names, kind):
             if incident_id not in messages:
-                messages[incident_id] = message_for(store, settings, incident_id, kind, now)
-            payload = render(channels[name], messages[incident_id], now)
+                message_kind = "open" if kind == "silence" else kind
+                messages[incident_id] = message_for(store, settings, incident_id, message_kind, now)
+            payload = _payload(store, channels[name], messages[incident_id], kind, incident_id, now)
             if store.outbox.enqueue(
                 incident_id=incident_id,
                 channel=name,
@@ -177,24 +219,45 @@ def deliver_due(
     return DeliveryReport(delivered=delivered, retrying=retrying, failed=failed)
 
 
-def refresh_alertmanager(store: Store, settings: Settings) -> int:
-    """Re-post delivered open alerts of still-open incidents to Alertmanager channels."""
+def refresh_alertmanager(store: Store, settings: Settings, *, now: datetime | None = None) -> int:
+    """Re-post the open alerts of still-open incidents to Alertmanager channels.
+
+    Alertmanager resolves an alert nobody re-posts within its ``resolve_timeout``;
+    the leader's ``alert_retries`` job (every minute by default) calls this. The
+    labels are the ones first sent (the alert's identity); the annotations are
+    rendered afresh, so an assessment or new evidence shows at once.
+    """
+    moment = now or utcnow()
     refreshed = 0
     open_ids = {i.id for i in store.incidents.find(status="open")}
+    delivered = [
+        d
+        for d in store.outbox.find(status="delivered", limit=100_000)
+        if d.kind == "open" and d.incident_id in open_ids
+    ]
     for channel in settings.alerts:
         if channel.type != "alertmanager":
             continue
-        for item in store.outbox.find(status="delivered", limit=10_000):
-            if item.channel != channel.name or item.kind != "open":
+        for item in delivered:
+            if item.channel != channel.name:
                 continue
-            if item.incident_id not in open_ids:
-                continue
+            message = message_for(store, settings, item.incident_id, "open", moment)
+            payload = render(channel, message, moment)
+            labels = (item.payload.get("alerts") or [{}])[0].get("labels")
+            if labels:
+                payload["alerts"][0]["labels"] = dict(labels)
             try:
-                send(channel, item.payload)
+                send(channel, payload)
                 refreshed += 1
             except ChannelError as exc:
                 LOG.warning("alertmanager refresh via %s failed: %s", channel.name, exc)
     return refreshed
+
+
+def deliver_now(store: Store, settings: Settings) -> DeliveryReport:
+    """What every state-changing command runs: queue and send what is due, refresh
+    Alertmanager. A channel that fails stays queued; the daemon keeps retrying."""
+    return process_alerts(store, settings, refresh=True)
 
 
 def process_alerts(
@@ -212,7 +275,7 @@ def process_alerts(
     queued, cancelled = queue_alerts(store, settings, now=moment)
     sent = deliver_due(store, settings, now=moment, policy=policy)
     if refresh:
-        refresh_alertmanager(store, settings)
+        refresh_alertmanager(store, settings, now=moment)
     return DeliveryReport(
         queued=queued,
         delivered=sent.delivered,
@@ -226,6 +289,7 @@ __all__ = [
     "DeliveryReport",
     "RetryPolicy",
     "deliver_due",
+    "deliver_now",
     "message_for",
     "process_alerts",
     "queue_alerts",

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
 from surveillance.core.metrics import phrase as metric_phrase
+from surveillance.core.metrics import sample_phrase
 from surveillance.incidents.vigilance import time_left
 from surveillance.store import DriftCheck, Incident, PerformanceCheck
 
@@ -43,6 +44,16 @@ class AlertMessage:
     incident_command: str
     resolution: str | None = None
     closed_at: datetime | None = None
+    #: Alertmanager ``alertname`` (``SurveillanceTest`` for ``surveillance alerts test``)
+    alertname: str = "SurveillanceIncident"
+    signal_kind: str = ""
+    signal: str = ""
+    stratum_kind: str = ""
+    runbook_url: str | None = None
+    #: The audit chain's head hash and event count when the message was built: a
+    #: copy kept outside the database, to compare with ``audit verify --expect-head``.
+    audit_head: str | None = None
+    audit_events: int | None = None
 
     @property
     def subject(self) -> str:
@@ -57,7 +68,8 @@ class AlertMessage:
         lines = [self.subject, ""]
         if self.kind == "resolve":
             lines += [
-                f"Closed {self.closed_at:%Y-%m-%d %H:%M} UTC. Resolution: {self.resolution or '-'}",
+                f"Closed {self.closed_at or self.opened_at:%Y-%m-%d %H:%M} UTC. "
+                f"Resolution: {self.resolution or '-'}",
                 "",
             ]
         lines += [
@@ -74,6 +86,8 @@ class AlertMessage:
         lines += ["", f"Incident:  {self.incident_command}"]
         if self.dashboard_url:
             lines.append(f"Dashboard: {self.dashboard_url}")
+        if self.audit_head:
+            lines.append(f"Audit:     {self.audit_events} events, head {self.audit_head}")
         return "\n".join(lines)
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,19 +119,57 @@ def _where(incident: Incident, finding: str | None, version: str | None) -> dict
     return where
 
 
-def dashboard_link(base: str | None, incident: Incident) -> str | None:
-    """Grafana link with the model and stratum as dashboard variables."""
+#: Grafana dashboard UIDs (dashboards/*.json) an incident links to, by signal kind
+DASHBOARD_UIDS = {"drift": "surveillance-drift", "performance": "surveillance-performance"}
+INCIDENTS_DASHBOARD_UID = "surveillance-incidents"
+#: shown before the first and after the last window of the evidence
+LINK_MARGIN = timedelta(days=7)
+
+
+def grafana_base(url: str) -> str:
+    """The Grafana root of ``[service] dashboard_url`` (a ``/d/...`` suffix is dropped)."""
+    base = url.split("?", 1)[0]
+    if "/d/" in base:
+        base = base[: base.index("/d/")]
+    return base.rstrip("/")
+
+
+def dashboard_link(
+    base: str | None,
+    incident: Incident,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> str | None:
+    """Grafana link to the incident's dashboard with its real template variables.
+
+    Drift incidents open ``surveillance-drift``, performance incidents
+    ``surveillance-performance`` (with ``var-metric``); ``var-model``,
+    ``var-site`` and ``var-scanner`` select the root stratum (``$__all`` for
+    all sites), and ``from``/``to`` span the evidence (epoch milliseconds).
+    """
     if not base:
         return None
-    query = urlencode(
-        {
-            "var-model": incident.model,
-            "var-stratum_kind": incident.stratum_kind,
-            "var-stratum": incident.stratum_value,
-            "var-incident": str(incident.id),
-        }
-    )
-    return f"{base}{'&' if '?' in base else '?'}{query}"
+    uid = DASHBOARD_UIDS.get(incident.signal_kind)
+    if uid is None:
+        return f"{grafana_base(base)}/d/{INCIDENTS_DASHBOARD_UID}"
+    params: list[tuple[str, str]] = [("var-model", incident.model)]
+    if incident.signal_kind == "performance":
+        params.append(("var-metric", incident.signal.partition(":")[2] or incident.signal))
+    if incident.stratum_kind == "scanner":
+        site = incident.stratum_value.rpartition(" @ ")[2]
+        params += [("var-site", site or "$__all"), ("var-scanner", incident.stratum_value)]
+    elif incident.stratum_kind == "site":
+        params += [("var-site", incident.stratum_value), ("var-scanner", "$__all")]
+    else:
+        params += [("var-site", "$__all"), ("var-scanner", "$__all")]
+    start = (since or incident.opened_at) - LINK_MARGIN
+    end = (until or incident.last_evidence_at) + LINK_MARGIN
+    params += [
+        ("from", str(int(start.timestamp() * 1000))),
+        ("to", str(int(end.timestamp() * 1000))),
+    ]
+    return f"{grafana_base(base)}/d/{uid}?{urlencode(params)}"
 
 
 def _vigilance(incident: Incident, now: datetime) -> str:
@@ -158,14 +210,15 @@ def _performance_parts(
     )
     how_much = (
         f"{name} {_f(latest.value)} (95% CI {_f(latest.ci_lower)}-{_f(latest.ci_upper)}, "
-        f"n={latest.n}) in {latest.window_start:%Y-%m-%d}..{latest.window_end:%Y-%m-%d}"
+        f"{sample_phrase(latest.metric, latest.n, latest.details)}) "
+        f"in {latest.window_start:%Y-%m-%d}..{latest.window_end:%Y-%m-%d}"
         f"{gap}{labelled}; {len(breaches)} window(s) in breach"
     )
     baseline = (
         f"alert limit {_f(latest.alert_limit)}; cleared {name} {_f(latest.baseline_value)}"
         " (clearance baseline)"
     )
-    what = f"{name.capitalize()} for {finding} breached its clearance alert limit"
+    what = f"{name[:1].upper()}{name[1:]} for {finding} breached its clearance alert limit"
     return what, how_much, baseline, first, finding
 
 
@@ -218,16 +271,25 @@ def build_message(
     now: datetime,
     baseline_source: str | None = None,
     model_version: str | None = None,
+    runbook_url: str | None = None,
 ) -> AlertMessage:
     """The message for ``incident`` (``kind`` ``open`` or ``resolve``) from its evidence."""
     finding: str | None = None
+    root = (incident.stratum_kind, incident.stratum_value)
+    lead = [c for c in performance if f"{c.finding}:{c.metric}" == incident.signal]
+    lead = [c for c in lead if (c.stratum_kind, c.stratum_value) == root] or lead
+    own_drift = [c for c in drift if (c.stratum_kind, c.stratum_value) == root] or list(drift)
     if incident.signal_kind == "performance" and performance:
-        what, how_much, baseline, since, finding = _performance_parts(incident, performance)
+        what, how_much, baseline, since, finding = _performance_parts(incident, lead or performance)
         if baseline_source:
             baseline += f" per {baseline_source}"
         steps = PERFORMANCE_STEPS
+        if own_drift:
+            drift_what, *_ = _drift_parts(incident, own_drift)
+            what = f"{what}; also: {drift_what[0].lower()}{drift_what[1:]}"
+            since = min(since, min(c.window_start for c in own_drift))
     elif incident.signal_kind == "drift" and drift:
-        what, how_much, baseline, since = _drift_parts(incident, drift)
+        what, how_much, baseline, since = _drift_parts(incident, own_drift)
         steps = DRIFT_STEPS
     else:
         what, how_much, baseline, since = incident.title, incident.summary, "-", incident.opened_at
@@ -247,11 +309,15 @@ def build_message(
         opened_at=incident.opened_at,
         next_steps=tuple(step.format(id=incident.id) for step in steps),
         vigilance=_vigilance(incident, now),
-        dashboard_url=dashboard_link(dashboard_url, incident),
+        dashboard_url=dashboard_link(dashboard_url, incident, since=since),
         incident_command=f"surveillance incidents show {incident.id}",
         resolution=incident.resolution,
         closed_at=incident.closed_at,
+        signal_kind=incident.signal_kind,
+        signal=incident.signal,
+        stratum_kind=incident.stratum_kind,
+        runbook_url=runbook_url,
     )
 
 
-__all__ = ["AlertMessage", "build_message", "dashboard_link"]
+__all__ = ["DASHBOARD_UIDS", "AlertMessage", "build_message", "dashboard_link", "grafana_base"]

@@ -5,9 +5,9 @@
     out_dir/article72.json     the monitoring document, valid against article72.schema.json
     out_dir/*.csv              the underlying figures, one table per file
     out_dir/article72.schema.json  the schema it was validated against (a copy)
-    out_dir/manifest.json      SHA-256 and size of every file above
-    out_dir/SHA256SUMS         the same hashes for ``sha256sum -c``
-    out_dir/manifest.json.sig  optional: HMAC-SHA256 of manifest.json (``--sign KEYFILE``)
+    out_dir/SHA256SUMS         the hashes of the files above, for ``sha256sum -c``
+    out_dir/manifest.json      SHA-256 and size of every file above, SHA256SUMS included
+    out_dir/manifest.json.sig  optional: Ed25519 (or HMAC) signature of manifest.json
 
 Integrity, in order: the audit chain is verified first and a broken chain
 refuses the export (:class:`ExportRefused`); the document is validated against
@@ -16,18 +16,24 @@ the schema before anything is written; the manifest hashes every file; then an
 SHA-256, so the database proves which bundle it produced. ``verify_export``
 re-hashes a bundle against its manifest (and the signature, given the key).
 
-The signature is an HMAC: whoever verifies it needs the same key, so it proves
-the bundle came from a holder of that key (the manufacturer's QMS), not who.
-A public-key signature (ed25519) would need the ``cryptography`` package, which
-the project does not ship; sign the manifest with your organisation's PKI
-(e.g. ``openssl cms -sign``) where a third party must verify it.
+Signatures (:mod:`surveillance.outputs.exports.signing`): ``--sign PATH`` with an
+Ed25519 private key from ``surveillance keys signing PATH`` signs manifest.json;
+``export verify DIR --public-key PATH.pub`` checks it with the public key only.
+As the manifest hashes every other file, one changed byte anywhere fails the
+verification. An HMAC key file is still accepted (``--key`` to verify), but it
+proves only that the signer held the shared key.
+
+The document also names the device (UDI-DI, Basic UDI-DI, class, notified body,
+certificate), the vigilance reports made for each incident, the audit chain's
+head and count, and the monitoring plan it was produced under (the settings and
+their SHA-256). Dead letters, job runs and audit events are those concerning the
+period's data (see :mod:`surveillance.store.reporting`).
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import hmac
 import json
 import uuid
 from collections.abc import Iterable, Sequence
@@ -42,6 +48,7 @@ import jsonschema
 
 from surveillance.core.config import Settings
 from surveillance.core.errors import SurveillanceError, UsageError
+from surveillance.outputs.exports import signing
 from surveillance.store import DriftCheck, ModelInfo, PerformanceCheck, Store
 from surveillance.store import reporting as rs
 from surveillance.store.domain import JobRun
@@ -52,7 +59,7 @@ DOCUMENT_NAME = "article72.json"
 MANIFEST_NAME = "manifest.json"
 SUMS_NAME = "SHA256SUMS"
 SIGNATURE_NAME = "manifest.json.sig"
-NOT_IN_MANIFEST = {MANIFEST_NAME, SUMS_NAME, SIGNATURE_NAME}
+NOT_IN_MANIFEST = {MANIFEST_NAME, SIGNATURE_NAME}
 
 
 class ExportRefused(SurveillanceError):
@@ -77,7 +84,7 @@ class VerifyResult:
     directory: Path
     files_checked: int
     problems: tuple[str, ...]
-    signature: str  # "valid", "INVALID", "not checked (no key)", "absent"
+    signature: str  # "valid (Ed25519, key id ...)", "INVALID", "not checked (no key)", "absent"
 
     @property
     def ok(self) -> bool:
@@ -329,6 +336,15 @@ def _incidents(records: Sequence[rs.IncidentRecord], now: datetime) -> list[dict
                     "fda": _deadline(i.fda_deadline_at, r.reported_at, i.vigilance_class, now),
                 },
                 "capa_reference": i.capa_reference,
+                "vigilance_reports": [
+                    {
+                        "authority": v.authority,
+                        "reference": v.reference,
+                        "reported_at": _iso(v.reported_at),
+                        "recorded_by": v.recorded_by,
+                    }
+                    for v in r.reports
+                ],
                 "actions": [
                     {
                         "at": _iso(e.at),
@@ -583,7 +599,28 @@ def build_document(
     performance = store.checks.performance(model.id, start, end)
     incidents = store.reporting.incidents_in_period(model.id, start, end)
     runs = store.reporting.job_runs_in_period(model.name, start, end)
-    audit = store.reporting.audit_entries(start, end)
+    letters = store.reporting.dead_letters_in_period(model.id, start, end)
+    audit = store.reporting.audit_entries(
+        start,
+        end,
+        model_name=model.name,
+        incident_ids=[r.incident.id for r in incidents],
+        job_run_ids=[r.id for r in runs],
+        dead_letter_ids=[letter[0] for letter in letters],
+    )
+    rejected: dict[str, int] = {}
+    for _, kind, _, _ in letters:
+        rejected[kind] = rejected.get(kind, 0) + 1
+    fscas = store.reporting.fscas(model.id, start, end)
+    complaints = store.reporting.complaints(model.id, start, end)
+    plan = {
+        "drift": settings.drift.model_dump(mode="json"),
+        "performance": settings.performance.model_dump(mode="json"),
+        "schedules": settings.schedules.model_dump(mode="json"),
+    }
+    plan_sha = hashlib.sha256(
+        json.dumps(plan, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
     tables = _write_tables(out, model, coverage, drift, performance, incidents, runs, audit)
     by_signal = []
     for signal in sorted({c.signal for c in drift}):
@@ -599,7 +636,7 @@ def build_document(
         )
     schedules = settings.schedules.model_dump()
     return {
-        "schema_version": "1.0",
+        "schema_version": "1.1",
         "export": {
             "id": export_id,
             "generated_at": _iso(now),
@@ -612,19 +649,28 @@ def build_document(
             "manufacturer": model.manufacturer,
             "intended_use": " ".join(model.intended_use.split()),
             "findings": dict(model.findings),
+            "udi_di": model.udi_di,
+            "basic_udi_di": model.basic_udi_di,
+            "device_class": model.device_class,
+            "notified_body": model.notified_body,
+            "certificate": model.certificate,
         },
         "monitoring_plan": {
             "data_sources": _data_sources(),
             "indicators": _indicators(model, settings),
             "schedules": {k: str(v) for k, v in schedules.items()},
             "stratification": sorted(set(settings.drift.strata) | set(settings.performance.strata)),
+            "plan_sha256": plan_sha,
+            "settings": plan,
         },
         "data_collected": {
             "studies": len(studies),
             "labelled_studies": coverage[0].labelled if coverage else 0,
             "sites": len({s.site for s in studies}),
             "scanners": len({s.scanner for s in studies}),
-            "rejected_records": store.reporting.dead_letter_count(start, end),
+            "rejected_records": rejected,
+            "complaints": len(complaints),
+            "fsca": len(fscas),
             "by_site_scanner": [
                 {
                     "site": r.site,
@@ -654,6 +700,7 @@ def build_document(
                 "events": audit_events,
                 "head_hash": audit_head,
                 "verified_at": _iso(now),
+                "events_in_period": len(audit),
             }
         },
         "tables": tables,
@@ -672,28 +719,6 @@ def _manifest(out: Path, export_id: str, now: datetime) -> dict[str, Any]:
         "files": [
             {"path": p.name, "sha256": _sha256_file(p), "bytes": p.stat().st_size} for p in files
         ],
-    }
-
-
-def _read_key(key_file: Path) -> bytes:
-    try:
-        key = key_file.read_bytes().strip()
-    except OSError as exc:
-        raise UsageError(f"cannot read signing key {key_file}: {exc.strerror}") from exc
-    if len(key) < 32:
-        raise UsageError(
-            f"signing key {key_file} holds {len(key)} bytes; use at least 32 random bytes "
-            "(e.g. 'surveillance keys generate PATH')"
-        )
-    return key
-
-
-def _signature(manifest_bytes: bytes, key: bytes) -> dict[str, str]:
-    return {
-        "algorithm": "HMAC-SHA256",
-        "signed_file": MANIFEST_NAME,
-        "key_id": hashlib.sha256(key).hexdigest()[:16],
-        "signature": hmac.new(key, manifest_bytes, hashlib.sha256).hexdigest(),
     }
 
 
@@ -720,7 +745,8 @@ def export_article72(
             f"{out_dir} is not empty: an export goes into a new folder so that its manifest "
             "covers exactly its own files"
         )
-    key = _read_key(sign_key) if sign_key is not None else None
+    if sign_key is not None:  # fail on a bad key before anything is written
+        signing.sign(b"", sign_key)
     model = store.registry.model(model_name)
     report = store.audit.verify()
     if not report.ok:
@@ -755,17 +781,20 @@ def export_article72(
     doc_path = out_dir / DOCUMENT_NAME
     doc_path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     (out_dir / SCHEMA_NAME).write_text(json.dumps(load_schema(), indent=2) + "\n", "utf-8")
-    manifest = _manifest(out_dir, export_id, now)
+    data_files = sorted(p for p in out_dir.iterdir() if p.is_file())
+    (out_dir / SUMS_NAME).write_text(
+        "".join(f"{_sha256_file(p)}  {p.name}\n" for p in data_files), "utf-8"
+    )
+    manifest = _manifest(out_dir, export_id, now)  # covers SHA256SUMS too
     manifest_bytes = (json.dumps(manifest, indent=2) + "\n").encode()
     manifest_path = out_dir / MANIFEST_NAME
     manifest_path.write_bytes(manifest_bytes)
-    (out_dir / SUMS_NAME).write_text(
-        "".join(f"{f['sha256']}  {f['path']}\n" for f in manifest["files"]), "utf-8"
-    )
     signature_path: Path | None = None
-    if key is not None:
+    signature: dict[str, str] | None = None
+    if sign_key is not None:
+        signature = signing.sign(manifest_bytes, sign_key)
         signature_path = out_dir / SIGNATURE_NAME
-        signature_path.write_text(json.dumps(_signature(manifest_bytes, key), indent=2) + "\n")
+        signature_path.write_text(json.dumps(signature, indent=2) + "\n")
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
     store.audit.record(
         actor=actor,
@@ -778,7 +807,10 @@ def export_article72(
             "to": last_day.isoformat(),
             "manifest_sha256": manifest_sha,
             "files": len(manifest["files"]),
-            "signed": key is not None,
+            "signed": signature is not None,
+            "signature": None
+            if signature is None
+            else {"algorithm": signature["algorithm"], "key_id": signature["key_id"]},
         },
     )
     return ExportBundle(
@@ -792,8 +824,14 @@ def export_article72(
     )
 
 
-def verify_export(directory: Path, *, key_file: Path | None = None) -> VerifyResult:
-    """Re-hash every file against the manifest; check the schema and, given a key, the HMAC."""
+def verify_export(
+    directory: Path, *, key_file: Path | None = None, public_key: Path | None = None
+) -> VerifyResult:
+    """Re-hash every file against the manifest; check the schema and, given a key, the signature.
+
+    ``public_key``: the signer's Ed25519 public key (``PATH.pub``); ``key_file``: a
+    shared HMAC key. SHA256SUMS is checked against the files and the manifest.
+    """
     manifest_path = directory / MANIFEST_NAME
     try:
         manifest_bytes = manifest_path.read_bytes()
@@ -826,23 +864,41 @@ def verify_export(directory: Path, *, key_file: Path | None = None) -> VerifyRes
         problems += [f"{DOCUMENT_NAME}: {p}" for p in schema_problems[:10]]
     else:
         problems.append(f"{DOCUMENT_NAME}: missing")
+    sums = directory / SUMS_NAME
+    if sums.is_file() and SUMS_NAME in listed:
+        for line in sums.read_text("utf-8", errors="replace").splitlines():
+            digest, _, name = line.partition("  ")
+            entry = listed.get(name)
+            if entry is None or entry.get("sha256") != digest:
+                problems.append(f"{SUMS_NAME}: line for {name!r} disagrees with the manifest")
+    elif SUMS_NAME not in listed:
+        problems.append(f"{SUMS_NAME}: not covered by the manifest")
     signature_path = directory / SIGNATURE_NAME
+    given = public_key or key_file
     if not signature_path.is_file():
         signature = "absent"
-        if key_file is not None:
+        if given is not None:
             problems.append(f"{SIGNATURE_NAME}: a key was given but the bundle is not signed")
-    elif key_file is None:
+    elif given is None:
         signature = "not checked (no key given)"
     else:
         try:
             stored = json.loads(signature_path.read_text("utf-8"))
-            expected = _signature(manifest_bytes, _read_key(key_file))
-            good = hmac.compare_digest(str(stored.get("signature")), expected["signature"])
-        except ValueError:
-            good = False
-        signature = "valid" if good else "INVALID"
-        if not good:
-            problems.append(f"{SIGNATURE_NAME}: HMAC does not match manifest.json with this key")
+            if not isinstance(stored, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            stored, why = {}, f"unreadable ({exc})"
+        else:
+            if public_key is not None:
+                why = signing.check_public(manifest_bytes, stored, public_key)
+            else:
+                assert key_file is not None
+                why = signing.check_hmac(manifest_bytes, stored, key_file)
+        if why:
+            signature = "INVALID"
+            problems.append(f"{SIGNATURE_NAME}: {why}")
+        else:
+            signature = f"valid ({stored.get('algorithm')}, key id {stored.get('key_id')})"
     return VerifyResult(directory, len(listed), tuple(problems), signature)
 
 

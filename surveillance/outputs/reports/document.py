@@ -39,6 +39,15 @@ class FigureBlock:
 
 
 @dataclass(frozen=True, slots=True)
+class Link:
+    """A sentence that points at an attached file (a relative link in both renderings)."""
+
+    text: str
+    href: str
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
 class BlankField:
     """A box a person fills in (the quality manager's conclusions and signature)."""
 
@@ -46,7 +55,7 @@ class BlankField:
     lines: int = 4
 
 
-Block = Paragraph | KeyValues | TableBlock | FigureBlock | BlankField
+Block = Paragraph | KeyValues | TableBlock | FigureBlock | BlankField | Link
 
 
 @dataclass(slots=True)
@@ -70,6 +79,7 @@ __all__ = [
     "Document",
     "FigureBlock",
     "KeyValues",
+    "Link",
     "Paragraph",
     "Section",
     "TableBlock",

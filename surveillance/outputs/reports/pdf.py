@@ -12,7 +12,10 @@ WeasyPrint needs Pango/cairo from the OS.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
@@ -39,11 +42,15 @@ from surveillance.outputs.reports.document import (
     Document,
     FigureBlock,
     KeyValues,
+    Link,
     Paragraph,
     TableBlock,
 )
 
 MARGIN = 16 * mm
+# reportlab reads the creation date from SOURCE_DATE_EPOCH (else 2000-01-01 in
+# invariant mode): set it around one build at a time
+_DATE_LOCK = threading.Lock()
 STATUS_FILL = {
     "ok": colors.HexColor("#e8f5e9"),
     "warning": colors.HexColor("#fff4d6"),
@@ -101,11 +108,12 @@ def _table(block: TableBlock, width: float, st: dict[str, ParagraphStyle]) -> li
         if fill is not None and status != "ok":
             style.append(("BACKGROUND", (0, i + 1), (-1, i + 1), fill))
     table.setStyle(TableStyle(style))
-    out: list[Flowable] = []
-    if block.caption:
-        out.append(_p(block.caption, st["caption"]))
-    out += [table, Spacer(1, 6)]
-    return out
+    if not block.caption:
+        return [table, Spacer(1, 6)]
+    caption = _p(block.caption, st["caption"])
+    if len(block.rows) <= 30:  # a caption never sits alone at a page foot
+        return [KeepTogether([caption, table]), Spacer(1, 6)]
+    return [caption, table, Spacer(1, 6)]
 
 
 def _figure(block: FigureBlock, width: float, st: dict[str, ParagraphStyle]) -> list[Flowable]:
@@ -145,6 +153,26 @@ def _key_values(block: KeyValues, width: float, st: dict[str, ParagraphStyle]) -
     return [table, Spacer(1, 6)]
 
 
+def _block(block: object, width: float, st: dict[str, ParagraphStyle]) -> list[Flowable]:
+    if isinstance(block, Paragraph):
+        return [_p(block.text, st.get(block.kind, st["body"])), Spacer(1, 4)]
+    if isinstance(block, TableBlock):
+        return _table(block, width, st)
+    if isinstance(block, FigureBlock):
+        return _figure(block, width, st)
+    if isinstance(block, KeyValues):
+        return _key_values(block, width, st)
+    if isinstance(block, Link):
+        text = (
+            f'{escape(block.text)} <a href="{escape(block.href)}" color="#1f4e9c">'
+            f"<u>{escape(block.label)}</u></a>"
+        )
+        return [RLParagraph(text, st["body"]), Spacer(1, 4)]
+    if isinstance(block, BlankField):
+        return _blank(block, width, st)
+    raise TypeError(f"unknown block {type(block).__name__}")
+
+
 def _story(document: Document, width: float) -> list[Flowable]:
     st = _styles()
     story: list[Flowable] = [
@@ -156,24 +184,31 @@ def _story(document: Document, width: float) -> list[Flowable]:
         Spacer(1, 4),
     ]
     for section in document.sections:
-        story += [CondPageBreak(60 * mm), _p(section.title, st["h1"])]
-        for block in section.blocks:
-            if isinstance(block, Paragraph):
-                story.append(_p(block.text, st.get(block.kind, st["body"])))
-                story.append(Spacer(1, 4))
-            elif isinstance(block, TableBlock):
-                story += _table(block, width, st)
-            elif isinstance(block, FigureBlock):
-                story += _figure(block, width, st)
-            elif isinstance(block, KeyValues):
-                story += _key_values(block, width, st)
+        story.append(CondPageBreak(60 * mm))
+        heading = _p(section.title, st["h1"])
+        for index, block in enumerate(section.blocks):
+            flowables = _block(block, width, st)
+            if index == 0:  # a heading never sits alone at a page foot
+                story.append(KeepTogether([heading, *flowables]))
             else:
-                story += _blank(block, width, st)
+                story += flowables
+        if not section.blocks:
+            story.append(heading)
     return story
 
 
-def write_pdf(document: Document, path: Path, *, footer: str | None = None) -> Path:
-    """Lay ``document`` out on A4 pages with a running footer and page numbers."""
+def write_pdf(
+    document: Document,
+    path: Path,
+    *,
+    footer: str | None = None,
+    created: datetime | None = None,
+) -> Path:
+    """Lay ``document`` out on A4 pages with a running footer and page numbers.
+
+    ``created`` is the PDF's creation date (the report's generation time); the
+    bytes depend only on the content and that time.
+    """
     footer_text = footer or document.title
 
     def on_page(canvas: Any, doc: Any) -> None:
@@ -197,7 +232,18 @@ def write_pdf(document: Document, path: Path, *, footer: str | None = None) -> P
         author="surveillance",
         invariant=True,  # no random document id: the bytes depend only on the content
     )
-    pdf.build(_story(document, A4[0] - 2 * MARGIN), onFirstPage=on_page, onLaterPages=on_page)
+    story = _story(document, A4[0] - 2 * MARGIN)
+    with _DATE_LOCK:
+        before = os.environ.get("SOURCE_DATE_EPOCH")
+        if created is not None:
+            os.environ["SOURCE_DATE_EPOCH"] = str(int(created.timestamp()))
+        try:
+            pdf.build(story, onFirstPage=on_page, onLaterPages=on_page)
+        finally:
+            if before is None:
+                os.environ.pop("SOURCE_DATE_EPOCH", None)
+            else:
+                os.environ["SOURCE_DATE_EPOCH"] = before
     return path
 
 

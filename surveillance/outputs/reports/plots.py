@@ -4,6 +4,11 @@ Each function draws one figure from domain objects and writes it to ``path``.
 They use :class:`matplotlib.figure.Figure` directly, never ``pyplot``, so no
 global state is touched and no GUI backend is ever needed (the scheduler may
 call them from a worker thread).
+
+Plots never hide a point: before a figure is saved every axis is widened to hold
+every plotted value, interval, limit and baseline (:func:`fit_axes`), and
+:func:`outside_axes` (used by the tests) lists anything that still lies outside.
+Each ``draw_*`` function returns the :class:`Figure` so a test can inspect it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib import dates as mdates
 from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PathCollection
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
 
@@ -36,7 +44,85 @@ def _y(values: Sequence[float | None]) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
+def _display_points(ax: Axes) -> np.ndarray:
+    """Every plotted vertex of ``ax`` (lines, markers, bars, bands, error bars) in pixels."""
+    chunks: list[np.ndarray] = []
+    for line in ax.get_lines():
+        xy = np.asarray(line.get_xydata(), dtype=float)
+        if len(xy):
+            chunks.append(line.get_transform().transform(xy))
+    for collection in ax.collections:
+        if isinstance(collection, PathCollection):  # scatter: markers sit at the offsets
+            offsets = np.asarray(collection.get_offsets(), dtype=float).reshape(-1, 2)
+            chunks.append(collection.get_offset_transform().transform(offsets))
+            continue
+        transform = collection.get_transform()
+        for path in collection.get_paths():
+            vertices = np.asarray(path.vertices, dtype=float).reshape(-1, 2)
+            chunks.append(transform.transform(vertices))
+    for patch in ax.patches:
+        vertices = np.asarray(patch.get_path().vertices, dtype=float).reshape(-1, 2)
+        chunks.append(patch.get_transform().transform(vertices))
+    if not chunks:
+        return np.empty((0, 2))
+    points = np.concatenate(chunks)
+    return points[np.isfinite(points).all(axis=1)]
+
+
+def _data_axes(fig: Figure) -> list[Axes]:
+    """Axes holding plotted values (heat-map images and colour bars hold a grid, not points)."""
+    return [ax for ax in fig.axes if not ax.images and ax.get_label() != "<colorbar>"]
+
+
+def fit_axes(fig: Figure, pad: float = 0.04) -> None:
+    """Widen every data axis until all its plotted points lie inside (never narrows)."""
+    FigureCanvasAgg(fig).draw()
+    for ax in _data_axes(fig):
+        points = _display_points(ax)
+        if not len(points):
+            continue
+        data = ax.transData.inverted().transform(points)
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        lo, hi = data.min(axis=0), data.max(axis=0)
+        if lo[1] < y0 or hi[1] > y1:
+            span = max(hi[1], y1) - min(lo[1], y0)
+            ax.set_ylim(
+                min(y0, lo[1] - pad * span) if lo[1] < y0 else y0,
+                max(y1, hi[1] + pad * span) if hi[1] > y1 else y1,
+            )
+        if lo[0] < x0 or hi[0] > x1:
+            span = max(hi[0], x1) - min(lo[0], x0)
+            ax.set_xlim(
+                min(x0, lo[0] - pad * span) if lo[0] < x0 else x0,
+                max(x1, hi[0] + pad * span) if hi[0] > x1 else x1,
+            )
+
+
+def outside_axes(fig: Figure, tolerance_px: float = 1.0) -> list[str]:
+    """Plotted points that lie outside their axes, as messages (empty: nothing hidden)."""
+    FigureCanvasAgg(fig).draw()
+    problems = []
+    for index, ax in enumerate(_data_axes(fig)):
+        points = _display_points(ax)
+        box = ax.bbox
+        outside = (
+            (points[:, 0] < box.x0 - tolerance_px)
+            | (points[:, 0] > box.x1 + tolerance_px)
+            | (points[:, 1] < box.y0 - tolerance_px)
+            | (points[:, 1] > box.y1 + tolerance_px)
+        )
+        if outside.any():
+            data = ax.transData.inverted().transform(points[outside])
+            problems.append(
+                f"axes {index} ({ax.get_title(loc='left') or ax.get_title()}): "
+                f"{int(outside.sum())} point(s) outside x {ax.get_xlim()} y {ax.get_ylim()}, "
+                f"e.g. {data[0].tolist()}"
+            )
+    return problems
+
+
 def _save(fig: Figure, path: Path) -> Path:
+    fit_axes(fig)
     fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Software": "surveillance"})
     return path
 
@@ -56,6 +142,10 @@ def _date_axis(ax: object) -> None:
 
 def weekly_volumes(weekly: Sequence[WeeklyCount], path: Path) -> Path:
     """Stacked weekly study counts per site."""
+    return _save(draw_weekly_volumes(weekly), path)
+
+
+def draw_weekly_volumes(weekly: Sequence[WeeklyCount]) -> Figure:
     fig = Figure(figsize=(WIDTH, 2.8))
     ax = fig.add_subplot()
     weeks = sorted({w.week_start for w in weekly})
@@ -78,11 +168,15 @@ def weekly_volumes(weekly: Sequence[WeeklyCount], path: Path) -> Path:
     ax.set_ylim(0, max(bottom.max(), 1) * 1.25)
     _date_axis(ax)
     ax.grid(axis="y", alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
 def label_coverage(weekly: Sequence[WeeklyCount], path: Path) -> Path:
     """Share of each week's studies that has a confirmed diagnosis, per site."""
+    return _save(draw_label_coverage(weekly), path)
+
+
+def draw_label_coverage(weekly: Sequence[WeeklyCount]) -> Figure:
     fig = Figure(figsize=(WIDTH, 2.5))
     ax = fig.add_subplot()
     sites = sorted({w.site for w in weekly})
@@ -106,7 +200,7 @@ def label_coverage(weekly: Sequence[WeeklyCount], path: Path) -> Path:
     ax.legend(fontsize=7, ncols=min(len(sites), 4), loc="lower left", frameon=False)
     _date_axis(ax)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return fig
 
 
 def _metric_panels(baselines: Sequence[Baseline]) -> list[Baseline]:
@@ -114,33 +208,60 @@ def _metric_panels(baselines: Sequence[Baseline]) -> list[Baseline]:
 
 
 def performance_over_time(
-    checks: Sequence[PerformanceCheck], baselines: Sequence[Baseline], path: Path
+    checks: Sequence[PerformanceCheck],
+    baselines: Sequence[Baseline],
+    path: Path,
+    *,
+    period_end: datetime | None = None,
 ) -> Path:
-    """Overall value per window with its CI, against the clearance baseline and alert limit."""
+    """Realised and estimated (CBPE) value per window against the clearance baseline."""
+    return _save(draw_performance_over_time(checks, baselines, period_end=period_end), path)
+
+
+def _interval(checks: Sequence[PerformanceCheck]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    values = np.array([c.value for c in checks], dtype=float)
+    lower = np.array([c.value if c.ci_lower is None else c.ci_lower for c in checks], dtype=float)
+    upper = np.array([c.value if c.ci_upper is None else c.ci_upper for c in checks], dtype=float)
+    return values, lower, upper
+
+
+def draw_performance_over_time(
+    checks: Sequence[PerformanceCheck],
+    baselines: Sequence[Baseline],
+    *,
+    period_end: datetime | None = None,
+) -> Figure:
+    """One panel per overall baseline metric.
+
+    Realised (labelled) overall values with their 95% CI in black; the label-free
+    CBPE estimate of the windows whose labels have not arrived yet, with its band,
+    in blue, to the end of the period (as NannyML draws them); per-site realised
+    values in colour; scanners with a breach in red. The y axis holds every point,
+    interval, the alert limit and the clearance CI (see :func:`fit_axes`).
+    """
     panels = _metric_panels(baselines)
-    fig = Figure(figsize=(WIDTH, 2.1 * max(len(panels), 1)))
+    fig = Figure(figsize=(WIDTH, 2.3 * max(len(panels), 1)))
     sites = sorted({c.stratum_value for c in checks if c.stratum_kind == "site"})
     colours = _colours(sites)
     legend: dict[str, Artist] = {}
-    # scanners with a breach of any metric: drawn in every panel, so the reader sees
-    # what else moved where the alert fired
     flagged = sorted(
         {c.stratum_value for c in checks if c.stratum_kind == "scanner" and c.status == "breach"}
     )
     for i, baseline in enumerate(panels):
         ax = fig.add_subplot(len(panels), 1, i + 1)
-        relevant = [
+        mine = [
             c
             for c in checks
-            if c.finding == baseline.finding and c.metric == baseline.metric and not c.estimated
+            if c.finding == baseline.finding and c.metric == baseline.metric and c.value is not None
         ]
+        realised = [c for c in mine if not c.estimated]
+        estimated = [c for c in mine if c.estimated and c.stratum_kind == "overall"]
         if baseline.ci_lower is not None and baseline.ci_upper is not None:
             ax.axhspan(baseline.ci_lower, baseline.ci_upper, color="0.85", label="clearance 95% CI")
         ax.axhline(baseline.value, color="0.35", lw=1, label="clearance value")
         ax.axhline(baseline.alert_limit, color="tab:red", lw=1, ls="--", label="alert limit")
         for site in sites:
-            pts = [c for c in relevant if c.stratum_value == site and c.stratum_kind == "site"]
-            pts = [c for c in pts if c.value is not None]
+            pts = [c for c in realised if c.stratum_kind == "site" and c.stratum_value == site]
             ax.plot(
                 _x([c.window_end for c in pts]),
                 _y([c.value for c in pts]),
@@ -150,15 +271,24 @@ def performance_over_time(
                 marker=".",
                 label=f"site {site}",
             )
-        overall = [c for c in relevant if c.stratum_kind == "overall" and c.value is not None]
+        if estimated:
+            values, lower, upper = _interval(estimated)
+            x = _x([c.window_end for c in estimated])
+            ax.fill_between(x, lower, upper, color="tab:blue", alpha=0.18, lw=0)
+            ax.errorbar(
+                x,
+                values,
+                yerr=[values - lower, upper - values],
+                fmt="o--",
+                color="tab:blue",
+                ms=4,
+                lw=1.2,
+                capsize=3,
+                label="estimated without labels (CBPE, band)",
+            )
+        overall = [c for c in realised if c.stratum_kind == "overall"]
         if overall:
-            values = np.array([c.value for c in overall], dtype=float)
-            lower = np.array(
-                [c.ci_lower if c.ci_lower is not None else c.value for c in overall], dtype=float
-            )
-            upper = np.array(
-                [c.ci_upper if c.ci_upper is not None else c.value for c in overall], dtype=float
-            )
+            values, lower, upper = _interval(overall)
             ax.errorbar(
                 _x([c.window_end for c in overall]),
                 values,
@@ -167,15 +297,11 @@ def performance_over_time(
                 color="black",
                 capsize=3,
                 lw=1.4,
-                label="overall (95% CI)",
+                label="realised overall (95% CI)",
             )
         for scanner in flagged:
             pts = [
-                c
-                for c in relevant
-                if c.stratum_kind == "scanner"
-                and c.stratum_value == scanner
-                and c.value is not None
+                c for c in realised if c.stratum_kind == "scanner" and c.stratum_value == scanner
             ]
             ax.plot(
                 _x([c.window_end for c in pts]),
@@ -187,26 +313,27 @@ def performance_over_time(
                 ms=4,
                 label=f"scanner {scanner} (breach)",
             )
+        if period_end is not None:
+            ax.axvline(float(_x([period_end])[0]), color="0.5", lw=0.8, ls=":", label="period end")
         ax.set_ylabel(baseline.metric)
         ax.set_title(
             f"{baseline.finding}: {baseline.metric} per window (plotted at window end)",
             fontsize=9,
             loc="left",
         )
-        low = min(
-            [baseline.alert_limit, baseline.ci_lower or baseline.value]
-            + [
-                c.ci_lower
-                for c in relevant
-                if c.ci_lower is not None and c.stratum_kind != "scanner"
-            ]
-        )
-        ax.set_ylim(max(0.0, low - 0.05), 1.0)
+        everything = [baseline.alert_limit, baseline.value]
+        everything += [v for v in (baseline.ci_lower, baseline.ci_upper) if v is not None]
+        for c in mine:
+            everything += [v for v in (c.value, c.ci_lower, c.ci_upper) if v is not None]
+        low, high = min(everything), max(everything)
+        pad = max(0.02, 0.05 * (high - low))
+        ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) + 0.01)
         ax.grid(alpha=0.3)
         _date_axis(ax)
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             legend.setdefault(label, handle)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    legend_rows = math.ceil(len(legend) / 3)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.12 + 0.13 * legend_rows) / fig.get_figheight()))
     fig.legend(
         list(legend.values()),
         list(legend.keys()),
@@ -215,13 +342,19 @@ def performance_over_time(
         fontsize=6.5,
         frameon=False,
     )
-    return _save(fig, path)
+    return fig
 
 
 def performance_forest(
     checks: Sequence[PerformanceCheck], baselines: Sequence[Baseline], path: Path
 ) -> Path:
     """Latest judged window: every stratum's value and CI against baseline and alert limit."""
+    return _save(draw_performance_forest(checks, baselines), path)
+
+
+def draw_performance_forest(
+    checks: Sequence[PerformanceCheck], baselines: Sequence[Baseline]
+) -> Figure:
     panels = _metric_panels(baselines)
     judged = [c for c in checks if not c.estimated]
     latest_end = max((c.window_end for c in judged), default=None)
@@ -260,7 +393,10 @@ def performance_forest(
             fontsize=6,
         )
         ax.set_title(baseline.metric, fontsize=9)
-        ax.set_xlim(max(0.0, baseline.alert_limit - 0.35), 1.0)
+        shown = [baseline.alert_limit, baseline.value]
+        for c in by_stratum.values():
+            shown += [v for v in (c.value, c.ci_lower, c.ci_upper) if v is not None]
+        ax.set_xlim(max(0.0, min(shown) - 0.03), min(1.0, max(shown) + 0.02) + 0.01)
         ax.tick_params(axis="x", labelsize=7)
         ax.grid(axis="x", alpha=0.3)
     if latest_end is not None and latest:
@@ -272,7 +408,7 @@ def performance_forest(
             fontsize=8,
         )
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def _windows(checks: Sequence[DriftCheck]) -> list[datetime]:
@@ -340,7 +476,16 @@ def drift_signals(checks: Sequence[DriftCheck], stratum: tuple[str, str], path: 
     image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="Reds", vmin=0, vmax=20)
     for c in mine:
         if c.status == "drift":
-            ax.text(col[c.window_start], row[c.signal], "×", ha="center", va="center", fontsize=8)
+            shade = grid[row[c.signal], col[c.window_start]]
+            ax.text(
+                col[c.window_start],
+                row[c.signal],
+                "×",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if np.isfinite(shade) and shade > 10 else "black",
+            )
     ax.set_yticks(range(len(signals)))
     ax.set_yticklabels(signals, fontsize=7)
     ax.set_xticks(range(len(windows)))
@@ -353,9 +498,15 @@ def drift_signals(checks: Sequence[DriftCheck], stratum: tuple[str, str], path: 
 
 
 __all__ = [
+    "draw_label_coverage",
+    "draw_performance_forest",
+    "draw_performance_over_time",
+    "draw_weekly_volumes",
     "drift_signals",
     "drift_strata",
+    "fit_axes",
     "label_coverage",
+    "outside_axes",
     "performance_forest",
     "performance_over_time",
     "weekly_volumes",

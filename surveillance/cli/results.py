@@ -1,0 +1,145 @@
+"""Per-stratum, per-window drift and performance results (what the checks decided)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import datetime
+
+import click
+from rich.console import Console
+
+from surveillance.cli.app import AppContext, pass_app, print_json
+from surveillance.core.errors import UsageError
+from surveillance.outputs.views import drift_results_table, performance_results_table
+from surveillance.store import DriftCheck, ModelInfo, PerformanceCheck, Store
+
+WINDOW_FORMATS = ["%Y-%m-%d"]
+
+
+def _models(store: Store, name: str | None) -> list[ModelInfo]:
+    return [store.registry.model(name)] if name else store.registry.models()
+
+
+def _stratum_filter(stratum: str | None) -> tuple[str, str | None] | None:
+    """``scanner``, ``site=Northgate``, ``overall``: kind and optional value."""
+    if stratum is None:
+        return None
+    kind, sep, value = stratum.partition("=")
+    if not kind or (sep and not value):
+        raise UsageError(
+            f"--stratum {stratum!r}: expected KIND or KIND=VALUE, e.g. 'scanner' or "
+            "'site=Northgate'"
+        )
+    return kind, (value if sep else None)
+
+
+def _select(
+    checks: list[DriftCheck] | list[PerformanceCheck],
+    stratum: tuple[str, str | None] | None,
+    window: datetime | None,
+    status: str | None,
+) -> list[DriftCheck] | list[PerformanceCheck]:
+    out = []
+    for c in checks:
+        if stratum is not None and (
+            c.stratum_kind != stratum[0] or stratum[1] not in (None, c.stratum_value)
+        ):
+            continue
+        if window is not None and not (c.window_start <= window < c.window_end):
+            continue
+        if status is not None and c.status != status:
+            continue
+        out.append(c)
+    return out  # type: ignore[return-value]
+
+
+def _options(f: click.decorators.FC) -> click.decorators.FC:
+    for option in reversed(
+        [
+            click.option("--model", "model_name", default=None, help="Only this model."),
+            click.option(
+                "--stratum",
+                default=None,
+                help="KIND or KIND=VALUE: overall, site, scanner, sex, age_band "
+                "(e.g. 'site=Northgate').",
+            ),
+            click.option(
+                "--window",
+                type=click.DateTime(formats=WINDOW_FORMATS),
+                default=None,
+                help="Only the window containing this UTC date (YYYY-MM-DD).",
+            ),
+            click.option("--status", default=None, help="Only this status (e.g. drift, breach)."),
+            click.option("--json", "as_json", is_flag=True),
+        ]
+    ):
+        f = option(f)
+    return f
+
+
+@click.group()
+def results() -> None:
+    """Per-stratum, per-window outcomes of the drift and performance checks."""
+
+
+@results.command("drift")
+@_options
+@pass_app
+def results_drift(
+    app: AppContext,
+    model_name: str | None,
+    stratum: str | None,
+    window: datetime | None,
+    status: str | None,
+    as_json: bool,
+) -> None:
+    """Drift checks: window, stratum, signal, detector, status, statistic, p-value."""
+    from datetime import UTC
+
+    store = app.store()
+    moment = window.replace(tzinfo=UTC) if window else None
+    chosen = _stratum_filter(stratum)
+    rows: list[DriftCheck] = []
+    for model in _models(store, model_name):
+        rows += _select(store.checks.drift(model.id), chosen, moment, status)  # type: ignore[arg-type]
+    if as_json:
+        print_json([asdict(c) for c in rows])
+        return
+    if not rows:
+        click.echo("no drift results match")
+        return
+    Console(width=220).print(drift_results_table(rows))
+
+
+@results.command("performance")
+@_options
+@pass_app
+def results_performance(
+    app: AppContext,
+    model_name: str | None,
+    stratum: str | None,
+    window: datetime | None,
+    status: str | None,
+    as_json: bool,
+) -> None:
+    """Performance checks: window, stratum, finding, metric, value with CI, alert limit."""
+    from datetime import UTC
+
+    store = app.store()
+    moment = window.replace(tzinfo=UTC) if window else None
+    chosen = _stratum_filter(stratum)
+    rows: list[PerformanceCheck] = []
+    for model in _models(store, model_name):
+        rows += _select(store.checks.performance(model.id), chosen, moment, status)  # type: ignore[arg-type]
+    if as_json:
+        print_json([asdict(c) for c in rows])
+        return
+    if not rows:
+        click.echo("no performance results match")
+        return
+    Console(width=220).print(performance_results_table(rows))
+
+
+def register(cli: click.Group) -> None:
+    """Attach this area's commands to the root group."""
+    cli.add_command(results)
