@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from fixtures_dicom import dicom_testfile, storescu
 from fixtures_kafka import Topics
 from sqlalchemy import func, select
@@ -31,6 +32,7 @@ def _count(engine, table) -> int:  # type: ignore[no-untyped-def]
         return int(connection.scalar(select(func.count()).select_from(table)) or 0)
 
 
+@pytest.mark.slow
 def test_daemon_runs_every_connector_at_once(
     pg_url: str,
     kafka_broker,

@@ -6,12 +6,14 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from cli_runner import run_cli
 
 from connectors import synthetic
 from surveillance.core.config import EXAMPLE_CONFIG
 
 
+@pytest.mark.slow
 def test_check_json_reports_undecided_and_below_tolerance_counts(
     sqlite_url: str, tmp_path: Path
 ) -> None:

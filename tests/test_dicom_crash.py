@@ -71,6 +71,7 @@ def _instances(folder: Path) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow
 @pytest.mark.postgres
 def test_receiver_killed_mid_transfer_loses_and_duplicates_nothing(
     pg_url: str, tmp_path: Path

@@ -54,6 +54,7 @@ def _consumer(config: Path, env: dict[str, str], *extra: str) -> subprocess.Pope
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_points_loses_and_duplicates_nothing(
     store: Store,
     db_url: str,
