@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from connectors import synthetic
@@ -20,6 +21,7 @@ from surveillance.store.models import DriftCheckRow, IncidentRow, PerformanceChe
 from surveillance.store.types import utcnow
 
 
+@pytest.mark.slow
 def test_scanner_update_is_caught_once_and_rerun_is_idempotent(
     tmp_path: Path, store: Store, settings: Settings, pseudonymizer: Pseudonymizer
 ) -> None:
@@ -82,6 +84,7 @@ def test_scanner_update_is_caught_once_and_rerun_is_idempotent(
     assert store.audit.verify().ok
 
 
+@pytest.mark.slow
 def test_quiet_deployment_opens_no_incident(
     tmp_path: Path, store: Store, settings: Settings, pseudonymizer: Pseudonymizer
 ) -> None:

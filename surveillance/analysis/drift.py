@@ -58,6 +58,14 @@ Change events
 
 The reference is the first ``reference_days`` of deployment, frozen as a
 reference-set row the first time the job runs.
+
+Incremental runs
+    A run judges only the complete windows that have no checks against the
+    current reference set written after that set was created; a second run the
+    same day judges nothing, the next one the new window alone, and a new
+    reference set re-judges every window. Only the reference period and the
+    windows being judged are loaded. ``run_drift(..., full=True)`` (``surveillance
+    check --full``) re-judges everything, e.g. after a change of ``[drift]``.
 """
 
 from __future__ import annotations
@@ -285,8 +293,16 @@ def run_drift(
     *,
     as_of: datetime,
     job_run_id: int | None = None,
+    full: bool = False,
 ) -> list[DriftCheck]:
-    """Test every complete window since the reference period; returns the stored checks."""
+    """Test the complete windows not yet judged; returns the checks stored by this run.
+
+    Incremental (see "Incremental runs" in the module docstring): a window that
+    already has checks against the current reference set, written after that set
+    was created, is skipped; ``full=True`` re-judges every window (after a
+    configuration change). Whole windows are judged, never part of one, since
+    :func:`decide` corrects across every stratum and signal of a window.
+    """
     span = store.checks.prediction_span(model.id)
     if span is None:
         return []
@@ -297,12 +313,21 @@ def run_drift(
     )
     ref_start, ref_end = store.registry.reference_period(reference_set_id)
     windows = forward_windows(ref_end, as_of, settings.window_days)
+    if not full:
+        judged = store.checks.judged_drift_windows(model.id, reference_set_id)
+        windows = [w for w in windows if (w.start, w.end) not in judged]
     if not windows:
         return []
     reference = Window(ref_start, ref_end)
     rows: list[DriftCheckDraft] = []
     for index, finding in enumerate(sorted(model.findings)):
-        cases = store.checks.case_table(model.id, finding, ref_start, windows[-1].end)
+        # the reference and the windows being judged, not the whole history
+        cases = _concat(
+            store.checks.case_table(model.id, finding, ref_start, ref_end),
+            store.checks.case_table(
+                model.id, finding, max(ref_end, windows[0].start), windows[-1].end
+            ),
+        )
         in_reference = reference.mask(cases.predicted_at)
         if index == 0:
             record_changes(store, model, settings, cases, reference, windows[-1].end)
@@ -327,6 +352,22 @@ def run_drift(
                         )
     rows += _embedding_rows(store, model, settings, reference_set_id, reference, windows)
     return store.checks.save_drift(decide(rows, settings), job_run_id=job_run_id, actor="drift-job")
+
+
+def _concat(first: CaseTable, second: CaseTable) -> CaseTable:
+    """Two case tables of disjoint periods, ``first`` before ``second``."""
+    return CaseTable(
+        score=np.concatenate([first.score, second.score]),
+        predicted_at=np.concatenate([first.predicted_at, second.predicted_at]),
+        site=np.concatenate([first.site, second.site]),
+        scanner=np.concatenate([first.scanner, second.scanner]),
+        label=np.concatenate([first.label, second.label]),
+        confirmed_at=np.concatenate([first.confirmed_at, second.confirmed_at]),
+        categorical={
+            k: np.concatenate([v, second.categorical[k]]) for k, v in first.categorical.items()
+        },
+        numeric={k: np.concatenate([v, second.numeric[k]]) for k, v in first.numeric.items()},
+    )
 
 
 def change_drafts(
@@ -425,7 +466,10 @@ def _embedding_rows(
             continue
         signals = _embedding_signals(emb.extractor, emb.vectors)
         in_reference = reference.mask(emb.at)
-        for w_index, window in enumerate(windows):
+        for window in windows:
+            # the window's place on the grid (not in this run's list): the same seed
+            # whether it is judged alone or with the whole history
+            w_index = (window.start - reference.end) // (window.end - window.start)
             in_window = window.mask(emb.at)
             for stratum_kind in settings.strata:
                 strata = emb.stratum(stratum_kind)

@@ -43,6 +43,19 @@ a *persistent* alarm (at least two alarms, i.e. a fresh one after a restart,
 within the window and the one before it) turns an ``ok`` row into a
 ``warning`` (``details.cusum.persistent``): the policy's warning level.
 
+Incremental runs: a matured window is judged again only when it has no
+labelled checks yet, or when a diagnosis of one of its studies was ingested or
+withdrawn after its checks were written (labels arrive weeks late); the current
+window's estimates are recomputed when a prediction of it or any label of the
+model changed since they were written. A second run the same day with no new
+data judges nothing. The CUSUM state at a window's end is computed from the
+stratum's whole labelled series up to that end, so a window judged alone gets
+the same chart as in a full run. ``full=True`` (``surveillance check --full``)
+re-judges every window. The matured windows are laid backwards from the
+maturity horizon, which moves with the day: a new day's windows are new keys
+and are all judged (with ``window_days`` > 1); only a same-day rerun and late
+labels are incremental for now (a fixed grid would change which windows exist).
+
 Before labels arrive: for the current, not yet matured window the job stores
 *estimated* rows (``estimated=True``) of sensitivity, specificity, PPV and NPV
 from the scores alone (:mod:`detectors.cbpe`, confidence-based performance
@@ -412,12 +425,14 @@ def run_performance(
     *,
     as_of: datetime,
     job_run_id: int | None = None,
+    full: bool = False,
 ) -> list[PerformanceCheck]:
-    """Judge every matured window and estimate the current one.
+    """Judge the matured windows that need it and estimate the current one.
 
-    Stores both; returns the labelled (not estimated) checks, the only ones the
-    incident policy may act on. Read the estimates with
-    ``store.performance_checks`` (``estimated=True``).
+    Stores both; returns the labelled (not estimated) checks written by this
+    run, the only ones the incident policy may act on. Read the estimates with
+    ``store.performance_checks`` (``estimated=True``). Incremental unless
+    ``full`` (module docstring, "Incremental runs").
     """
     span = store.checks.prediction_span(model.id)
     if span is None:
@@ -425,13 +440,24 @@ def run_performance(
     horizon = floor_day(as_of - timedelta(days=settings.maturity_days))
     windows = backward_windows(horizon, floor_day(span[0]), settings.window_days)
     current = _current_window(as_of, horizon, settings.window_days)
+    # the cases (CUSUM series, volumes, calibration) end where a full run's would
+    ends = [w.end for w in windows] + ([current.end] if current is not None else [])
+    last = max(ends, default=horizon)
+    if not full:
+        stale = set(
+            store.checks.performance_windows_to_judge(model.id, [(w.start, w.end) for w in windows])
+        )
+        windows = [w for w in windows if (w.start, w.end) in stale]
+        if current is not None and not store.checks.performance_windows_to_judge(
+            model.id, [(current.start, current.end)], estimated=True
+        ):
+            current = None
     if not windows and current is None:
         return []
     judged: list[tuple[Window, bool]] = [(w, False) for w in windows]
     if current is not None:
         judged.append((current, True))
     first = min(w.start for w, _ in judged)
-    last = max(w.end for w, _ in judged)
     rows: list[PerformanceCheckDraft] = []
     for finding in sorted(model.findings):
         threshold = model.findings[finding]

@@ -18,14 +18,26 @@ from surveillance.store.types import utcnow
     default=None,
     help="Judge as if it were this UTC time (default: now).",
 )
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Re-judge every window, not only new ones and those whose labels changed "
+    "(after a configuration change).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def check(app: AppContext, model_name: str | None, as_of: datetime | None, as_json: bool) -> None:
-    """Run the drift and performance checks now and apply the incident policy."""
+def check(
+    app: AppContext, model_name: str | None, as_of: datetime | None, full: bool, as_json: bool
+) -> None:
+    """Run the drift and performance checks now and apply the incident policy.
+
+    Incremental: judges only the windows not judged yet, the performance windows
+    whose labels changed since, and every window after a new reference set.
+    """
     from surveillance.scheduling.checks import run_checks
 
     moment = as_of.replace(tzinfo=UTC) if as_of else utcnow()
-    results = run_checks(app.store(), app.settings, as_of=moment, model_name=model_name)
+    results = run_checks(app.store(), app.settings, as_of=moment, model_name=model_name, full=full)
     from surveillance.incidents.alerts.delivery import deliver_now
 
     # pages of new incidents leave now, not at the daemon's next tick (failures stay queued)
@@ -33,6 +45,7 @@ def check(app: AppContext, model_name: str | None, as_of: datetime | None, as_js
     summary = [
         {
             "model": r.model.name,
+            "windows_judged": r.windows_judged,
             "drift_checks": len(r.drift),
             "drifted": sum(c.status == "drift" for c in r.drift),
             "below_tolerance": sum(c.status == "below_tolerance" for c in r.drift),

@@ -2,7 +2,9 @@
 
 Each job run is recorded by (job id, scheduled time) before it starts, so the
 scheduler (and a person running ``surveillance check``) can never run the same
-window twice; a run that raises is recorded as failed with its error.
+window twice; a run that raises is recorded as failed with its error. Each job
+is incremental: it judges only the windows that need it (new windows, windows
+whose labels changed, all of them after a new reference), or all with ``full``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,14 @@ class ModelCheckResult:
     performance: tuple[PerformanceCheck, ...]
     policy: PolicyOutcome
 
+    @property
+    def windows_judged(self) -> dict[str, int]:
+        """Windows judged by this run per job (0 and 0: nothing needed judging)."""
+        return {
+            "drift": len({(c.window_start, c.window_end) for c in self.drift}),
+            "performance": len({(c.window_start, c.window_end) for c in self.performance}),
+        }
+
 
 def _recorded(
     store: Store, job_id: str, as_of: datetime, work: Callable[[int], list[T]]
@@ -46,15 +56,17 @@ def _recorded(
 
 
 def _drift_job(
-    store: Store, model: ModelInfo, settings: Settings, as_of: datetime, run_id: int
+    store: Store, model: ModelInfo, settings: Settings, as_of: datetime, full: bool, run_id: int
 ) -> list[DriftCheck]:
-    return run_drift(store, model, settings.drift, as_of=as_of, job_run_id=run_id)
+    return run_drift(store, model, settings.drift, as_of=as_of, job_run_id=run_id, full=full)
 
 
 def _performance_job(
-    store: Store, model: ModelInfo, settings: Settings, as_of: datetime, run_id: int
+    store: Store, model: ModelInfo, settings: Settings, as_of: datetime, full: bool, run_id: int
 ) -> list[PerformanceCheck]:
-    return run_performance(store, model, settings.performance, as_of=as_of, job_run_id=run_id)
+    return run_performance(
+        store, model, settings.performance, as_of=as_of, job_run_id=run_id, full=full
+    )
 
 
 def run_checks(
@@ -64,7 +76,9 @@ def run_checks(
     as_of: datetime,
     model_name: str | None = None,
     progress: Callable[[str], None] | None = None,
+    full: bool = False,
 ) -> list[ModelCheckResult]:
+    """Judge the windows that need it (all of them with ``full``), then apply the policy."""
     models = [store.registry.model(model_name)] if model_name else store.registry.models()
     results = []
     for model in models:
@@ -74,7 +88,7 @@ def run_checks(
             store,
             f"drift:{model.name}",
             as_of,
-            partial(_drift_job, store, model, settings, as_of),
+            partial(_drift_job, store, model, settings, as_of, full),
         )
         if progress:
             progress(f"performance checks for {model.name}")
@@ -82,7 +96,7 @@ def run_checks(
             store,
             f"performance:{model.name}",
             as_of,
-            partial(_performance_job, store, model, settings, as_of),
+            partial(_performance_job, store, model, settings, as_of, full),
         )
         outcome = apply_policy(store, model, drift, performance, settings.drift, now=as_of)
         results.append(ModelCheckResult(model, tuple(drift), tuple(performance), outcome))

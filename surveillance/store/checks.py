@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from surveillance.store import audit
 from surveillance.store.base import Repository
@@ -35,6 +35,7 @@ from surveillance.store.models import (
     ModelRow,
     PerformanceCheckRow,
     PredictionRow,
+    ReferenceSetRow,
     SiteRow,
     StudyRow,
 )
@@ -139,6 +140,99 @@ class ChecksRepository(Repository):
             categorical=categorical,
             numeric=numeric,
         )
+
+    def judged_drift_windows(
+        self, model_id: int, reference_set_id: int
+    ) -> set[tuple[datetime, datetime]]:
+        """(start, end) of the windows already judged against ``reference_set_id``.
+
+        A window counts when it has drift checks of the model compared with that
+        reference set and written after the set was created (a newer reference,
+        or checks from before it, leave the window to be judged again).
+        """
+        stmt = (
+            select(DriftCheckRow.window_start, DriftCheckRow.window_end)
+            .join(ReferenceSetRow, ReferenceSetRow.id == DriftCheckRow.reference_set_id)
+            .where(
+                DriftCheckRow.model_id == model_id,
+                DriftCheckRow.reference_set_id == reference_set_id,
+                DriftCheckRow.created_at >= ReferenceSetRow.created_at,
+            )
+            .distinct()
+        )
+        with self._sessions.scope() as s:
+            return {(start, end) for start, end in s.execute(stmt)}
+
+    def performance_windows_to_judge(
+        self,
+        model_id: int,
+        windows: Sequence[tuple[datetime, datetime]],
+        *,
+        estimated: bool = False,
+    ) -> list[tuple[datetime, datetime]]:
+        """The windows of ``windows`` whose performance checks are missing or stale.
+
+        Labelled (``estimated=False``): a window is stale when a diagnosis of one
+        of its studies was ingested, or withdrawn, after the window's checks were
+        written (labels arrive weeks late). Estimated: when a prediction of the
+        window was ingested after its estimates were written, or any diagnosis of
+        the model's studies changed since (the estimates are calibrated on them).
+        """
+        if not windows:
+            return []
+        table = PerformanceCheckRow
+        lo = min(start for start, _ in windows)
+        hi = max(end for _, end in windows)
+        stmt = (
+            select(table.window_start, table.window_end, func.min(table.created_at))
+            .where(
+                table.model_id == model_id,
+                table.estimated == estimated,
+                table.window_start >= lo,
+                table.window_end <= hi,
+            )
+            .group_by(table.window_start, table.window_end)
+        )
+        stale: list[tuple[datetime, datetime]] = []
+        with self._sessions.scope() as s:
+            judged = {(start, end): at for start, end, at in s.execute(stmt)}
+            for start, end in windows:
+                at = judged.get((start, end))
+                if at is None:
+                    stale.append((start, end))
+                    continue
+                in_window = select(PredictionRow.study_id).where(
+                    PredictionRow.model_id == model_id,
+                    PredictionRow.predicted_at >= start,
+                    PredictionRow.predicted_at < end,
+                )
+                studies = (
+                    select(PredictionRow.study_id).where(PredictionRow.model_id == model_id)
+                    if estimated
+                    else in_window
+                )
+                changed = s.scalar(
+                    select(DiagnosisRow.id)
+                    .where(
+                        DiagnosisRow.study_id.in_(studies),
+                        or_(DiagnosisRow.ingested_at > at, DiagnosisRow.withdrawn_at > at),
+                    )
+                    .limit(1)
+                )
+                if changed is None and estimated:
+                    changed = s.scalar(
+                        select(PredictionRow.id)
+                        .where(
+                            PredictionRow.model_id == model_id,
+                            PredictionRow.predicted_at >= start,
+                            PredictionRow.predicted_at < end,
+                            PredictionRow.ingested_at > at,
+                        )
+                        .limit(1)
+                    )
+                if changed is not None:
+                    stale.append((start, end))
+        return stale
 
     def volumes(self, model_id: int) -> list[VolumeRow]:
         with self._sessions.scope() as s:
