@@ -42,6 +42,7 @@ from surveillance.core.config import DriftConfig
 from surveillance.core.metrics import sample_phrase
 from surveillance.core.metrics import title as metric_title
 from surveillance.core.statuses import DriftStatus, PerformanceStatus, Severity, SignalKind
+from surveillance.incidents.alerts.messages import drift_detail, drift_strength
 from surveillance.incidents.vigilance import VigilanceClass, deadlines
 from surveillance.store import DriftCheck, Incident, ModelInfo, PerformanceCheck, Store
 from surveillance.store.incidents import SEVERITY_RANK, IncidentSignal, worst_severity
@@ -202,12 +203,9 @@ def _drift_signals(checks: Sequence[DriftCheck], persistence: int) -> list[Signa
             continue
         since = persistent_onset(items, persistence) or min(h.window_start for h in hits)
         strongest = min(hits, key=lambda h: h.p_value if h.p_value is not None else 1.0)
-        detail = strongest.details.get("new_categories") or strongest.details.get("feature")
-        extra = f" ({detail})" if detail else ""
-        p = "n/a" if strongest.p_value is None else f"{strongest.p_value:.2g}"
         line = (
-            f"drift in {name}{extra} at {_where(kind, value)} since {since:%Y-%m-%d}: "
-            f"p={p} vs alpha {strongest.threshold} ({strongest.n_window} cases vs "
+            f"drift in {name}{drift_detail(strongest)} at {_where(kind, value)} "
+            f"since {since:%Y-%m-%d}: {drift_strength(strongest)} ({strongest.n_window} cases vs "
             f"{strongest.n_reference} in the reference), {len(hits)} window(s)"
         )
         signals.append(

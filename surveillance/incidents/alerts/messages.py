@@ -12,6 +12,7 @@ No PHI: incidents and checks hold pseudonymised strata only.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -22,6 +23,33 @@ from surveillance.core.metrics import phrase as metric_phrase
 from surveillance.core.metrics import sample_phrase
 from surveillance.incidents.vigilance import time_left
 from surveillance.store import DriftCheck, Incident, PerformanceCheck
+
+#: Display names of the stored effect sizes (DriftCheck.effect_name).
+EFFECT_NAMES = {"ks_d": "KS D", "cramers_v": "Cramér's V", "mmd_norm": "normalised MMD"}
+
+
+def drift_detail(check: DriftCheck) -> str:
+    """`` (feature)`` or `` (new values)`` after a signal name; generic names are left out."""
+    detail = check.details.get("new_categories") or check.details.get("feature")
+    if not detail or re.fullmatch(r"feature_\d+", str(detail)):
+        return ""
+    return f" ({detail})"
+
+
+def drift_strength(check: DriftCheck) -> str:
+    """How strong a drift check is, in words a reader can weigh: p, adjusted p, effect size."""
+    if check.p_value is None:
+        return "p=n/a"
+    text = f"p={check.p_value:.2g}"
+    if check.p_adjusted is not None:
+        text += f" (adjusted {check.p_adjusted:.2g})"
+    text += f" vs alpha {check.threshold}"
+    if check.effect_size is not None and check.effect_name:
+        name = EFFECT_NAMES.get(check.effect_name, check.effect_name)
+        text += f", {name} {check.effect_size:.2f}"
+        if check.min_effect is not None:
+            text += f" (tolerance {check.min_effect:.2f})"
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,11 +257,9 @@ def _drift_parts(
     first = min(c.window_start for c in drifted)
     strongest = min(drifted, key=lambda c: c.p_value if c.p_value is not None else 1.0)
     signals = sorted({c.signal for c in drifted})
-    detail = strongest.details.get("new_categories") or strongest.details.get("feature")
-    extra = f" ({detail})" if detail else ""
     how_much = (
-        f"strongest: {strongest.signal}{extra} p={strongest.p_value:.2g} vs alpha "
-        f"{strongest.threshold} ({strongest.detector}, {strongest.n_window} cases vs "
+        f"strongest: {strongest.signal}{drift_detail(strongest)} {drift_strength(strongest)} "
+        f"({strongest.detector}, {strongest.n_window} cases vs "
         f"{strongest.n_reference} in the reference), window "
         f"{strongest.window_start:%Y-%m-%d}..{strongest.window_end:%Y-%m-%d}; "
         f"{len(drifted)} drifted window-signal(s)"
