@@ -19,6 +19,7 @@ STATUS_STYLE = {
     "breach": "bold red",
     "drift": "bold red",
     "insufficient_data": "dim",
+    "below_tolerance": "yellow",
 }
 
 
@@ -183,11 +184,18 @@ def drift_results_table(checks: Sequence[DriftCheck]) -> Table:
         "status",
         "statistic",
         "p",
+        "p adj.",
         "alpha",
+        "effect (tolerance)",
         "n",
         title="Drift results",
     )
     for c in checks:
+        effect = "-"
+        if c.effect_size is not None:
+            effect = f"{c.effect_name or 'effect'} {c.effect_size:.2f}"
+            if c.min_effect is not None:
+                effect += f" ({c.min_effect:.2f})"
         table.add_row(
             f"{c.window_start:%Y-%m-%d}..{c.window_end:%Y-%m-%d}",
             f"{c.stratum_kind}: {c.stratum_value}",
@@ -196,7 +204,9 @@ def drift_results_table(checks: Sequence[DriftCheck]) -> Table:
             styled(c.status),
             "-" if c.statistic is None else f"{c.statistic:.3g}",
             _p(c.p_value),
+            _p(c.p_adjusted),
             f"{c.threshold:g}",
+            effect,
             f"{c.n_window} vs {c.n_reference}",
         )
     return table
