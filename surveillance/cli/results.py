@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 
 import click
 from rich.console import Console
@@ -82,6 +82,33 @@ def results() -> None:
     """Per-stratum, per-window outcomes of the drift and performance checks."""
 
 
+def _show(
+    app: AppContext,
+    kind: str,
+    model_name: str | None,
+    stratum: str | None,
+    window: datetime | None,
+    status: str | None,
+    as_json: bool,
+) -> None:
+    """One listing for both kinds: select, then JSON or a table."""
+    store = app.store()
+    moment = window.replace(tzinfo=UTC) if window else None
+    chosen = _stratum_filter(stratum)
+    read = store.checks.drift if kind == "drift" else store.checks.performance
+    rows: list[DriftCheck] | list[PerformanceCheck] = []
+    for model in _models(store, model_name):
+        rows += _select(read(model.id), chosen, moment, status)  # type: ignore[operator]
+    if as_json:
+        print_json([asdict(c) for c in rows])
+        return
+    if not rows:
+        click.echo(f"no {kind} results match")
+        return
+    table = drift_results_table if kind == "drift" else performance_results_table
+    Console(width=220).print(table(rows))  # type: ignore[arg-type]
+
+
 @results.command("drift")
 @_options
 @pass_app
@@ -93,22 +120,8 @@ def results_drift(
     status: str | None,
     as_json: bool,
 ) -> None:
-    """Drift checks: window, stratum, signal, detector, status, statistic, p-value."""
-    from datetime import UTC
-
-    store = app.store()
-    moment = window.replace(tzinfo=UTC) if window else None
-    chosen = _stratum_filter(stratum)
-    rows: list[DriftCheck] = []
-    for model in _models(store, model_name):
-        rows += _select(store.checks.drift(model.id), chosen, moment, status)  # type: ignore[arg-type]
-    if as_json:
-        print_json([asdict(c) for c in rows])
-        return
-    if not rows:
-        click.echo("no drift results match")
-        return
-    Console(width=220).print(drift_results_table(rows))
+    """Drift checks: window, stratum, signal, detector, status, p, adjusted p, effect size."""
+    _show(app, "drift", model_name, stratum, window, status, as_json)
 
 
 @results.command("performance")
@@ -123,21 +136,7 @@ def results_performance(
     as_json: bool,
 ) -> None:
     """Performance checks: window, stratum, finding, metric, value with CI, alert limit."""
-    from datetime import UTC
-
-    store = app.store()
-    moment = window.replace(tzinfo=UTC) if window else None
-    chosen = _stratum_filter(stratum)
-    rows: list[PerformanceCheck] = []
-    for model in _models(store, model_name):
-        rows += _select(store.checks.performance(model.id), chosen, moment, status)  # type: ignore[arg-type]
-    if as_json:
-        print_json([asdict(c) for c in rows])
-        return
-    if not rows:
-        click.echo("no performance results match")
-        return
-    Console(width=220).print(performance_results_table(rows))
+    _show(app, "performance", model_name, stratum, window, status, as_json)
 
 
 def register(cli: click.Group) -> None:
