@@ -395,12 +395,7 @@ class DeadLetter:
     @property
     def position(self) -> str:
         """Readable source position, e.g. ``kafka imaging.predictions partition 0 offset 7``."""
-        parts = [self.source, self.locator]
-        if self.partition is not None:
-            parts.append(f"partition {self.partition}")
-        if self.offset is not None:
-            parts.append(f"{'offset' if self.source == 'kafka' else 'line'} {self.offset}")
-        return " ".join(parts)
+        return SourcePosition(self.source, self.locator, self.partition, self.offset).describe()
 
 
 @dataclass(frozen=True, slots=True)
