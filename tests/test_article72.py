@@ -23,6 +23,7 @@ from surveillance.outputs.exports import (
 from surveillance.outputs.exports.article72 import load_schema
 from surveillance.store import Store
 from surveillance.store.models import AuditEventRow
+from surveillance.store.types import utcnow
 
 pytestmark = pytest.mark.postgres
 
@@ -236,3 +237,26 @@ def test_export_cli_json_names_the_bundle_it_wrote(
     assert {Path(f).name for f in printed["files"]} >= {"article72.json", "SHA256SUMS"}
     assert all(Path(f).exists() for f in printed["files"])
     assert verify_export(out).ok
+
+
+def test_each_authority_deadline_is_judged_from_its_own_report(
+    clone_store: Store, report_demo: ReportDemo, tmp_path: Path
+) -> None:
+    first, last = _period(report_demo)
+    incident = next(i for i in clone_store.incidents.find() if i.mdr_deadline_at)
+    assert incident.fda_deadline_at is not None
+    # reported to the EU only, on time; the FDA has no report yet
+    clone_store.incidents.record_report(
+        incident.id,
+        authority="eu-mdr",
+        reference="MIR-2026-0001",
+        reported_at=utcnow(),  # after awareness, well within the 15 days
+        actor="qm@example.org",
+    )
+    bundle = export_article72(
+        clone_store, MODEL, first, last, tmp_path / "b", settings=report_demo.settings
+    )
+    document = json.loads(bundle.document.read_text())
+    exported = next(i for i in document["incidents"] if i["id"] == incident.id)
+    assert exported["deadlines"]["eu_mdr"]["status"] == "met"
+    assert exported["deadlines"]["fda"]["status"] == "open"

@@ -80,9 +80,11 @@ from surveillance.store.types import utcnow
 
 LOG = logging.getLogger(__name__)
 
-#: The advisory lock key: the first 8 bytes of SHA-256("surveillance.scheduling.scheduler"), signed.
+#: The advisory lock key: the first 8 bytes of SHA-256("surveillance.scheduler"), signed.
+#: A stable identity shared by every version of the daemon, NOT this module's path: a
+#: different key during a rolling upgrade would let an old and a new replica both lead.
 LOCK_KEY = int.from_bytes(
-    hashlib.sha256(b"surveillance.scheduling.scheduler").digest()[:8], "big", signed=True
+    hashlib.sha256(b"surveillance.scheduler").digest()[:8], "big", signed=True
 )
 APPLICATION_NAME = "surveillance-scheduler"
 JOB_DEFAULTS = {"coalesce": True, "max_instances": 1, "misfire_grace_time": None}

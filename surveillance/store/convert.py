@@ -20,6 +20,7 @@ from surveillance.store.models import (
     IncidentRow,
     ModelRow,
     PerformanceCheckRow,
+    VigilanceReportRow,
 )
 
 
@@ -143,4 +144,15 @@ def incident(
     )
 
 
-__all__ = ["drift_check", "incident", "model_info", "performance_check"]
+def vigilance_report(row: VigilanceReportRow) -> VigilanceReport:
+    return VigilanceReport(
+        incident_id=row.incident_id,
+        authority=row.authority,
+        reference=row.reference,
+        reported_at=row.reported_at,
+        recorded_by=row.recorded_by,
+        recorded_at=row.recorded_at,
+    )
+
+
+__all__ = ["drift_check", "incident", "model_info", "performance_check", "vigilance_report"]

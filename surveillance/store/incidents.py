@@ -34,7 +34,7 @@ from surveillance.core.statuses import (
 )
 from surveillance.store import audit
 from surveillance.store.base import Repository
-from surveillance.store.convert import drift_check, incident, performance_check
+from surveillance.store.convert import drift_check, incident, performance_check, vigilance_report
 from surveillance.store.domain import (
     DeadlineState,
     DriftCheck,
@@ -135,17 +135,6 @@ def incident_deadlines(incident: Incident, now: datetime) -> list[DeadlineState]
         )
         for authority in ReportAuthority
     ]
-
-
-def _report(row: VigilanceReportRow) -> VigilanceReport:
-    return VigilanceReport(
-        incident_id=row.incident_id,
-        authority=row.authority,
-        reference=row.reference,
-        reported_at=row.reported_at,
-        recorded_by=row.recorded_by,
-        recorded_at=row.recorded_at,
-    )
 
 
 class IncidentsRepository(Repository):
@@ -344,7 +333,7 @@ class IncidentsRepository(Repository):
             .order_by(VigilanceReportRow.reported_at, VigilanceReportRow.id)
         )
         for r in rows:
-            found.setdefault(r.incident_id, []).append(_report(r))
+            found.setdefault(r.incident_id, []).append(vigilance_report(r))
         return found
 
     def get(self, incident_id: int) -> Incident:
@@ -481,7 +470,7 @@ class IncidentsRepository(Repository):
                 },
             )
             s.flush()
-            return _report(report_row)
+            return vigilance_report(report_row)
 
     def reports(self, incident_id: int) -> list[VigilanceReport]:
         """The vigilance reports recorded for an incident (oldest first)."""

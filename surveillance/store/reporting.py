@@ -49,11 +49,12 @@ from surveillance.core.errors import UsageError
 from surveillance.core.statuses import FscaStatus
 from surveillance.store import audit as audit_chain
 from surveillance.store.base import Repository
-from surveillance.store.convert import incident
+from surveillance.store.convert import incident, vigilance_report
 from surveillance.store.domain import (
     NO_METADATA,
     Incident,
     JobRun,
+    VigilanceReport,
 )
 from surveillance.store.engine import SessionFactory
 from surveillance.store.models import (
@@ -125,16 +126,6 @@ class IncidentRecord:
     reported_at: datetime | None
     remedial_action: bool
     reports: tuple[VigilanceReport, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class VigilanceReport:
-    """A report made to an authority (``eu-mdr`` or ``fda``) for an incident."""
-
-    authority: str
-    reference: str
-    reported_at: datetime
-    recorded_by: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +317,7 @@ class ReportingRepository(Repository):
                     .order_by(IncidentEventRow.at, IncidentEventRow.id)
                 ).all()
                 reports = tuple(
-                    VigilanceReport(r.authority, r.reference, r.reported_at, r.recorded_by)
+                    vigilance_report(r)
                     for r in s.scalars(
                         select(VigilanceReportRow)
                         .where(VigilanceReportRow.incident_id == row.id)

@@ -52,6 +52,7 @@ from surveillance.outputs.exports import signing
 from surveillance.store import DriftCheck, ModelInfo, PerformanceCheck, Store
 from surveillance.store import reporting as rs
 from surveillance.store.domain import JobRun
+from surveillance.store.incidents import deadline_state
 from surveillance.store.types import utcnow
 
 SCHEMA_NAME = "article72.schema.json"
@@ -161,14 +162,20 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]])
     return count
 
 
-def _deadline(
-    due: datetime | None, reported_at: datetime | None, vigilance_class: str, now: datetime
-) -> dict[str, Any]:
-    if vigilance_class == "not_reportable" or due is None:
-        return {"due": _iso(due), "status": "not_applicable"}
-    if reported_at is not None:
-        return {"due": _iso(due), "status": "met" if reported_at <= due else "missed"}
-    return {"due": _iso(due), "status": "missed" if now > due else "open"}
+def _deadlines(record: rs.IncidentRecord, now: datetime) -> dict[str, dict[str, Any]]:
+    """Each authority's deadline judged from that authority's own report."""
+    i = record.incident
+    reports = {v.authority: v for v in record.reports}
+    due = {"eu-mdr": i.mdr_deadline_at, "fda": i.fda_deadline_at}
+    return {
+        authority.replace("-", "_"): {
+            "due": _iso(at),
+            "status": deadline_state(
+                authority, at, reports.get(authority), i.vigilance_class, now
+            ).status,
+        }
+        for authority, at in due.items()
+    }
 
 
 # ---- the document -----------------------------------------------------------------------
@@ -331,10 +338,7 @@ def _incidents(records: Sequence[rs.IncidentRecord], now: datetime) -> list[dict
                 "vigilance_class": i.vigilance_class,
                 "remedial_action": r.remedial_action,
                 "reported_at": _iso(r.reported_at),
-                "deadlines": {
-                    "eu_mdr": _deadline(i.mdr_deadline_at, r.reported_at, i.vigilance_class, now),
-                    "fda": _deadline(i.fda_deadline_at, r.reported_at, i.vigilance_class, now),
-                },
+                "deadlines": _deadlines(r, now),
                 "capa_reference": i.capa_reference,
                 "vigilance_reports": [
                     {
