@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ from connectors.records import (
     read_jsonl_records,
 )
 from connectors.untrusted import decode_json
-from surveillance.core.errors import InvalidRecord, UsageError
+from surveillance.core.errors import InvalidRecord
 from surveillance.core.events import (
     EVENT_KINDS,
     DiagnosisEvent,
@@ -53,7 +53,6 @@ from surveillance.core.events import (
     Event,
     PredictionEvent,
     RawRecord,
-    SourcePosition,
 )
 from surveillance.intake.pseudonym import Pseudonymizer
 from surveillance.store import IngestBatch, IngestCounts, ModelInfo, Store
@@ -118,13 +117,17 @@ class Ingestor:
 
     def refresh_models(self) -> None:
         self.models = {m.name: m for m in self.store.registry.models()}
+        self._known_findings = (
+            frozenset(f for m in self.models.values() for f in m.findings) if self.models else None
+        )
 
     @property
     def known_findings(self) -> frozenset[str] | None:
-        """Findings of the registered models; None (no check) while none is registered."""
-        if not self.models:
-            return None
-        return frozenset(f for m in self.models.values() for f in m.findings)
+        """Findings of the registered models; None (no check) while none is registered.
+
+        Computed once per :meth:`refresh_models`, not per record (the Kafka hot path).
+        """
+        return self._known_findings
 
     # ---- identifiers --------------------------------------------------------------
 
@@ -224,6 +227,8 @@ class Ingestor:
         if not isinstance(obj, dict):
             return None
         kind = str(obj.get("kind", kind)) if kind is None else kind
+        if kind not in EVENT_KINDS:
+            kind = None  # an unknown "kind" value is not copied into the stored payload
         if kind in ("prediction", "diagnosis"):
             allowed = {
                 "prediction": (
@@ -413,27 +418,6 @@ def bounds_from_settings(settings: Any) -> TimeBounds:
     )
 
 
-def _decode(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRecord(f"not valid UTF-8 at byte {exc.start}") from exc
-
-
-def read_jsonl(path: Path) -> Iterator[RawRecord]:
-    """Non-empty lines of ``path`` with 1-based line numbers as positions."""
-    try:
-        handle = path.open("rb")
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
-    locator = str(path.resolve())
-    with handle:
-        for number, line in enumerate(handle, start=1):
-            line = line.rstrip(b"\r\n")
-            if line.strip():
-                yield RawRecord(line, SourcePosition("file", locator, None, number))
-
-
 def count_lines(path: Path) -> int:
     with path.open("rb") as handle:
         return sum(1 for line in handle if line.strip())
@@ -445,5 +429,4 @@ __all__ = [
     "RawRecord",
     "bounds_from_settings",
     "count_lines",
-    "read_jsonl",
 ]

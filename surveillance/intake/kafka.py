@@ -77,13 +77,6 @@ def topic_kinds(settings: Settings) -> dict[str, str]:
     }
 
 
-def parse_raw(raw: RawRecord) -> Event:
-    """A Kafka record value (its kind known from the topic) -> a typed event."""
-    if raw.kind is None:
-        raise InvalidRecord("record has no kind (topic not configured)")
-    return parse_json(raw.data, raw.kind, raw.position)
-
-
 @dataclass(frozen=True, slots=True)
 class PartitionHealth:
     """Where one assigned partition stands.
@@ -650,17 +643,20 @@ class ReplayOutcome:
     counts: IngestCounts | None = None
 
 
-def _replay_event(entry: DeadLetter) -> Event:
+def _replay_event(entry: DeadLetter, ingestor: Ingestor) -> Event:
+    """The dead letter parsed again, under the same limits as first time (config bounds,
+    registered findings): a replay must not accept what intake refuses."""
+    bounds, known = ingestor.bounds, ingestor.known_findings
     if entry.payload is None:
         raise InvalidRecord(
             "payload was not JSON, so only its SHA-256 was kept; re-send it from "
             f"its source ({entry.source} {entry.locator})"
         )
     if entry.source != "kafka" and '"kind"' in entry.payload:
-        return parse_jsonl_line(entry.payload)
+        return parse_jsonl_line(entry.payload, bounds=bounds, known_findings=known)
     if entry.kind is None:
         raise InvalidRecord("the dead letter has no kind; cannot tell which topic it came from")
-    return parse_json(entry.payload, entry.kind)
+    return parse_json(entry.payload, entry.kind, bounds=bounds, known_findings=known)
 
 
 def replay(
@@ -679,7 +675,7 @@ def replay(
             continue
         batch = IngestBatch()
         try:
-            ingestor.add(_replay_event(entry), batch)
+            ingestor.add(_replay_event(entry, ingestor), batch)
         except InvalidRecord as exc:
             outcomes.append(ReplayOutcome(entry.id, False, f"still invalid: {exc.reason}"))
             continue
@@ -698,7 +694,6 @@ __all__ = [
     "KafkaIngestService",
     "PartitionHealth",
     "ReplayOutcome",
-    "parse_raw",
     "raise_intake_incident",
     "replay",
     "topic_kinds",

@@ -643,9 +643,13 @@ def _write_predictions(
     ]
     units: list[Unit] = [(r.message_id, r.position) for r in records]
     result = _write_keyed(session, _PREDICTION, rows, units)
+    by_unit: dict[Unit, list[PredictionRecord]] = {}
+    if result.conflicts:  # grouped once: a file of conflicts must not be quadratic
+        for r, u in zip(records, units, strict=True):
+            by_unit.setdefault(u, []).append(r)
     letters = []
     for unit, differing in result.conflicts.items():
-        mine = [r for r, u in zip(records, units, strict=True) if u == unit]
+        mine = by_unit[unit]
         first = mine[0]
         letters.append(
             _conflict_letter(
@@ -684,9 +688,13 @@ def _write_diagnoses(
     ]
     units: list[Unit] = [(r.message_id, r.position) for r in records]
     result = _write_keyed(session, _DIAGNOSIS, rows, units)
+    first_of: dict[Unit, DiagnosisRecord] = {}
+    if result.conflicts:
+        for r, u in zip(records, units, strict=True):
+            first_of.setdefault(u, r)
     letters = []
     for unit, differing in result.conflicts.items():
-        r = next(r for r, u in zip(records, units, strict=True) if u == unit)
+        r = first_of[unit]
         letters.append(
             _conflict_letter(
                 "diagnosis",
