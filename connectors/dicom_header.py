@@ -29,7 +29,7 @@ import re
 import warnings
 from collections.abc import Mapping
 from datetime import date
-from typing import Any
+from typing import Any, Literal
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
@@ -70,6 +70,7 @@ _WANTED_TAGS = frozenset(
     f"{tag_for_keyword(kw):08X}"
     for kw in (*ALLOWED_KEYWORDS, *IDENTIFIER_KEYWORDS, *DERIVATION_KEYWORDS)
 )
+_WANTED_ORDER = tuple(sorted(_WANTED_TAGS))
 #: Tag (8 upper-case hex digits) -> (keyword, dictionary VR) of every wanted attribute.
 #: What connectors.untrusted refuses in a kept value (C0 controls, lone surrogates).
 _CONTROL = re.compile("[\x00-\x1f\ud800-\udfff]")
@@ -188,12 +189,19 @@ def metadata_from_dataset(
     almost anything on a malformed one, which becomes "malformed value in the
     DICOM header (<error type>)".
     """
+    with warnings.catch_warnings():
+        # pydicom converts lazily and warns (quoting the value) about invalid
+        # ones; we validate what we use and dead-letter with our own reason.
+        warnings.simplefilter("ignore")
+        return _metadata_guarded(ds, position)
+
+
+def _metadata_guarded(
+    ds: Dataset | Mapping[str, Any], position: SourcePosition | None
+) -> DicomMetadataEvent:
+    """:func:`_metadata` raising only InvalidRecord (and MemoryError)."""
     try:
-        with warnings.catch_warnings():
-            # pydicom converts lazily and warns (quoting the value) about invalid
-            # ones; we validate what we use and dead-letter with our own reason.
-            warnings.simplefilter("ignore")
-            return _metadata(ds, position)
+        return _metadata(ds, position)
     except (InvalidRecord, MemoryError):
         raise
     except RecursionError as exc:
@@ -246,13 +254,38 @@ def metadata_from_dicom_json(
     Only the attributes we use are handed to pydicom: a real header has hundreds
     of elements (and possibly inline binary data) that we would parse only to
     throw away. Raises only InvalidRecord.
+
+    The fast path (:func:`_event_direct`) takes a header whose tags are all upper
+    case and whose wanted elements are plainly valid; anything else goes the
+    reference way (:func:`_metadata_from_dicom_json_reference`), which gives
+    every reason.
     """
+    if isinstance(obj, dict):
+        try:
+            keys: str | None = "".join(obj)
+        except TypeError:  # a key that is not a string (not from JSON)
+            keys = None
+        if keys is not None and keys == keys.upper():
+            # every tag is already upper case (the norm): look the wanted ones up
+            # instead of upper-casing the hundreds of tags a real header has
+            wanted = {tag: obj[tag] for tag in _WANTED_ORDER if tag in obj}
+            event = _event_direct(wanted, position)
+            if event is not None:
+                return event
+    return _metadata_from_dicom_json_reference(obj, position)
+
+
+def _metadata_from_dicom_json_reference(
+    obj: Any, position: SourcePosition | None = None
+) -> DicomMetadataEvent:
+    """What :func:`metadata_from_dicom_json` returns or raises, the long way."""
     if not isinstance(obj, dict):
         raise InvalidRecord("a dicom-metadata record must be a JSON object in the DICOM JSON model")
     wanted = {k: v for k, v in obj.items() if isinstance(k, str) and k.upper() in _WANTED_TAGS}
     direct = _read_directly(wanted)
     if direct is not None:  # well formed and free of control characters
-        return metadata_from_dataset(direct, position)
+        # plain values, no pydicom: no warning to silence
+        return _metadata_guarded(direct, position)
     for key, element in wanted.items():
         reason = find_control_characters(element, _keyword(key), free_text=False)
         if reason is not None:
@@ -271,6 +304,156 @@ def metadata_from_dicom_json(
                 f"not a valid DICOM JSON model header ({type(exc).__name__})"
             ) from exc
         return metadata_from_dataset(ds, position)
+
+
+_TEXT_KEYWORDS = {
+    "StudyInstanceUID": "study_instance_uid",
+    "PatientID": "patient_id",
+    "AccessionNumber": "accession_number",
+    "StationName": "station_name",
+    "InstitutionName": "institution_name",
+    "Modality": "modality",
+    "Manufacturer": "manufacturer",
+    "ManufacturerModelName": "manufacturer_model_name",
+    "SoftwareVersions": "software_versions",
+    "ConvolutionKernel": "convolution_kernel",
+    "BodyPartExamined": "body_part_examined",
+    "ViewPosition": "view_position",
+    "PatientSex": "patient_sex",
+}
+_NUMBER_KEYWORDS = {
+    "SliceThickness": "slice_thickness",
+    "KVP": "kvp",
+    "PixelSpacing": "pixel_spacing",
+    "MagneticFieldStrength": "magnetic_field_strength",
+}
+_DIGITS = frozenset("0123456789")
+
+
+def _plain_date(items: list[Any]) -> date | Literal[False] | None:
+    """A DA element's date, None when empty, False when not plainly valid."""
+    if not items:
+        return None
+    if len(items) > 1:
+        return False
+    text = items[0].strip()
+    if not text:
+        return None
+    if len(text) != 8 or not _DIGITS.issuperset(text):
+        return False
+    try:
+        return date(int(text[:4]), int(text[4:6]), int(text[6:]))
+    except ValueError:
+        return False
+
+
+def _event_direct(
+    wanted: dict[str, Any], position: SourcePosition | None
+) -> DicomMetadataEvent | None:
+    """The event :func:`metadata_from_dicom_json` returns, when every wanted element is
+    plainly well formed and every value plainly valid; else None (the reference way
+    then parses it, or names what is wrong). ``wanted`` has upper-case tags, each once.
+
+    The fast path of issue 11: no pydicom, no per-field helper calls, one
+    control-character scan over all kept text.
+    """
+    fields: dict[str, Any] = {}
+    texts: list[str] = []
+    birth: list[Any] = []
+    age: list[Any] = []
+    study_date: Any = None
+    for tag, element in wanted.items():
+        vr, code, name, width = _PLAN[tag]
+        if type(element) is not dict or element.get("vr") != vr:
+            return None
+        size = len(element)
+        if size == 1:  # "vr" alone: no value
+            items: list[Any] = _NO_VALUE
+        elif size == 2:
+            items = element.get("Value")  # type: ignore[assignment]
+            if type(items) is not list:  # (None also when "Value" is missing)
+                return None
+        else:
+            return None
+        if code == _NUMBER:
+            for item in items:
+                if type(item) not in (int, float) or not 0 <= item < math.inf:
+                    return None
+            fields[name] = float(items[0]) if items else None
+            continue
+        for item in items:
+            if type(item) is not str:
+                return None
+        texts += items
+        if code == _TEXT:
+            if not items:
+                text = ""
+            elif len(items) == 1:
+                text = items[0].strip()
+            else:
+                text = "\\".join(item.strip(" ") for item in items)
+            fields[name] = (text[:width] if width else text) or None
+        elif code == _DATE:
+            study_date = _plain_date(items)
+            if study_date is False:
+                return None
+        elif code == _AGE:
+            age = items
+        else:  # PatientBirthDate
+            birth = items
+    if texts and _CONTROL.search("".join(texts)):
+        return None
+    if not fields.get("study_instance_uid"):
+        return None
+    sex = fields.get("patient_sex")
+    if sex is not None:
+        sex = fields["patient_sex"] = sex.upper()
+        if sex not in ("M", "F", "O"):
+            return None
+    band: str | None = None
+    if len(age) > 1:  # as _age_band: several values are no age string
+        return None
+    if age and age[0]:  # as _age_band: a non-empty PatientAge decides
+        value = age[0].strip()
+        if len(value) != 4 or not _DIGITS.issuperset(value[:3]) or value[3] not in "DWMY":
+            return None
+        number = int(value[:3])
+        unit = value[3]
+        years = {"Y": number, "M": number // 12, "W": number // 52, "D": number // 365}[unit]
+        band = age_band(years)
+    elif birth and study_date is not None:
+        born = _plain_date(birth)
+        if born is False or (born is not None and born > study_date):
+            return None  # the reference says why
+        if born is not None:
+            years = (
+                study_date.year
+                - born.year
+                - ((study_date.month, study_date.day) < (born.month, born.day))
+            )
+            band = age_band(years)
+    return DicomMetadataEvent(**fields, study_date=study_date, age_band=band, position=position)
+
+
+_NO_VALUE: list[Any] = []
+_TEXT, _NUMBER, _DATE, _AGE, _BIRTH = range(5)
+
+
+#: Tag -> (dictionary VR, how it is read, event field, width) for :func:`_event_direct`.
+def _read_plan() -> dict[str, tuple[str, int, str, int | None]]:
+    plan: dict[str, tuple[str, int, str, int | None]] = {}
+    derived = {"StudyDate": _DATE, "PatientAge": _AGE, "PatientBirthDate": _BIRTH}
+    for tag, (keyword, vr) in _WANTED.items():
+        if keyword in _TEXT_KEYWORDS:
+            plan[tag] = (vr, _TEXT, _TEXT_KEYWORDS[keyword], TEXT_WIDTHS.get(keyword))
+        elif keyword in _NUMBER_KEYWORDS:
+            plan[tag] = (vr, _NUMBER, _NUMBER_KEYWORDS[keyword], None)
+        else:
+            plan[tag] = (vr, derived[keyword], keyword, None)
+    return plan
+
+
+_PLAN = _read_plan()
 
 
 def _read_directly(wanted: dict[str, Any]) -> dict[str, Any] | None:

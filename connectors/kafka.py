@@ -168,6 +168,12 @@ class KafkaSource:
 
     def poll(self, timeout_ms: int | None = None) -> list[RawRecord]:
         """The next records (possibly none), in offset order within each partition."""
+        return [raw for part in self.poll_partitions(timeout_ms).values() for raw in part]
+
+    def poll_partitions(self, timeout_ms: int | None = None) -> dict[PartitionKey, list[RawRecord]]:
+        """The next records by (topic, partition), each list in offset order (as the
+        broker returns them): callers find a partition's first and last offset at
+        its ends, without a pass over every record."""
         if self._broken is not None:
             raise KafkaSourceError(self._broken)
         try:
@@ -179,18 +185,21 @@ class KafkaSource:
             raise KafkaSourceError(f"Kafka poll failed: {exc}") from exc
         if self._broken is not None:
             raise KafkaSourceError(self._broken)
-        records: list[RawRecord] = []
+        batches: dict[PartitionKey, list[RawRecord]] = {}
         for tp, messages in fetched.items():
+            if not messages:
+                continue
             kind = self.topics[tp.topic]
-            records.extend(
+            topic, partition = tp.topic, tp.partition
+            batches[(topic, partition)] = [
                 RawRecord(
                     b"" if m.value is None else m.value,
-                    SourcePosition("kafka", tp.topic, tp.partition, m.offset),
+                    SourcePosition("kafka", topic, partition, m.offset),
                     kind,
                 )
                 for m in messages
-            )
-        return records
+            ]
+        return batches
 
     def assignment(self) -> set[PartitionKey]:
         return {(tp.topic, tp.partition) for tp in self.consumer.assignment()}

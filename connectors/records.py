@@ -30,12 +30,12 @@ from pydicom import Dataset
 
 from connectors.dicom_header import dataset_to_dicom_json, metadata_from_dicom_json
 from connectors.untrusted import (
+    CONTROL_CHARACTERS,
     MAX_JSON_DEPTH,
     MAX_RECORD_BYTES,
     UTF8_BOM,
     check_text,
     decode_json,
-    iter_lines,
     shown,
 )
 from surveillance.core.errors import InvalidRecord, UsageError
@@ -169,7 +169,168 @@ def check_known_finding(finding: str, known_findings: Collection[str] | None) ->
     return finding
 
 
+# ---- the fast path (issue 11) --------------------------------------------------------
+#
+# A record whose every field is plainly valid is turned into its event by
+# ``_*_fast`` with a few type checks and one control-character scan over all
+# its text at once; anything else (a missing field, a wrong type, a control
+# character, a time out of bounds...) returns None and goes through the
+# reference validators below, which raise the exact reason. So the fast path
+# only ever accepts what the reference accepts, with the same event
+# (tests/test_connectors/test_fast_intake.py checks both on the hostile corpus).
+
+
+def _plain_time(value: str, bounds: TimeBounds | None) -> datetime | None:
+    """What :func:`parse_timestamp` returns for ``value`` (a str of at most 64
+    characters), or None where it would raise. No control-character check: the
+    caller scans every text of the record at once."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            return None
+        moment = parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
+        return None
+    limits = bounds or DEFAULT_TIME_BOUNDS
+    if moment < limits.not_before:
+        return None
+    try:
+        latest = datetime.now(UTC) + limits.max_ahead
+    except OverflowError:  # no upper bound
+        return moment
+    return moment if moment <= latest else None
+
+
+def _prediction_fast(
+    obj: dict[str, Any],
+    position: SourcePosition | None,
+    bounds: TimeBounds | None,
+    known_findings: Collection[str] | None,
+) -> PredictionEvent | None:
+    get = obj.get
+    outputs = get("outputs")
+    message_id = get("message_id")
+    model = get("model")
+    version = get("model_version")
+    study = get("study_instance_uid")
+    at_text = get("predicted_at")
+    if (
+        type(outputs) is not dict
+        or type(message_id) is not str
+        or type(model) is not str
+        or type(version) is not str
+        or type(study) is not str
+        or type(at_text) is not str
+        or not 0 < len(outputs) <= MAX_OUTPUTS
+        or len(message_id) > MAX_TEXT
+        or len(model) > MAX_TEXT
+        or len(version) > MAX_TEXT
+        or len(study) > MAX_TEXT
+        or len(at_text) > 64
+        or CONTROL_CHARACTERS.search(message_id + model + version + study + at_text)
+    ):
+        return None
+    message_id, model, version, study = (
+        message_id.strip(),
+        model.strip(),
+        version.strip(),
+        study.strip(),
+    )
+    if not (message_id and model and version and study):
+        return None
+    at = _plain_time(at_text, bounds)
+    if at is None:
+        return None
+    scores: dict[str, float] = {}
+    for finding, score in outputs.items():
+        if len(finding) > MAX_TEXT or CONTROL_CHARACTERS.search(finding):
+            return None
+        name = finding.strip()
+        if not name or name in scores:
+            return None
+        if known_findings is not None and name not in known_findings:
+            return None
+        if type(score) is float:
+            if not 0.0 <= score <= 1.0:  # NaN fails too
+                return None
+        elif type(score) is not int or not 0 <= score <= 1:
+            return None
+        scores[name] = float(score)
+    return PredictionEvent(message_id, model, version, study, scores, at, position)
+
+
+def _diagnosis_fast(
+    obj: dict[str, Any],
+    position: SourcePosition | None,
+    bounds: TimeBounds | None,
+    known_findings: Collection[str] | None,
+) -> DiagnosisEvent | None:
+    get = obj.get
+    message_id = get("message_id")
+    study = get("study_instance_uid")
+    finding = get("finding")
+    source = get("source")
+    at_text = get("confirmed_at")
+    present = get("present")
+    if (
+        type(message_id) is not str
+        or type(study) is not str
+        or type(finding) is not str
+        or type(source) is not str
+        or type(at_text) is not str
+        or type(present) is not bool
+        or len(message_id) > MAX_TEXT
+        or len(study) > MAX_TEXT
+        or len(finding) > MAX_TEXT
+        or len(source) > MAX_TEXT
+        or len(at_text) > 64
+        or CONTROL_CHARACTERS.search(message_id + study + finding + source + at_text)
+    ):
+        return None
+    message_id, study, finding, source = (
+        message_id.strip(),
+        study.strip(),
+        finding.strip(),
+        source.strip(),
+    )
+    if not (message_id and study and finding) or source not in DIAGNOSIS_SOURCES:
+        return None
+    if known_findings is not None and finding not in known_findings:
+        return None
+    at = _plain_time(at_text, bounds)
+    if at is None:
+        return None
+    return DiagnosisEvent(message_id, study, finding, present, source, at, position)
+
+
+# ---- the reference validators (every reason comes from here) --------------------------
+
+
 def _prediction(
+    obj: dict[str, Any],
+    position: SourcePosition | None,
+    bounds: TimeBounds | None,
+    known_findings: Collection[str] | None,
+) -> PredictionEvent:
+    fast = _prediction_fast(obj, position, bounds, known_findings)
+    if fast is not None:
+        return fast
+    return _prediction_checked(obj, position, bounds, known_findings)
+
+
+def _diagnosis(
+    obj: dict[str, Any],
+    position: SourcePosition | None,
+    bounds: TimeBounds | None,
+    known_findings: Collection[str] | None,
+) -> DiagnosisEvent:
+    fast = _diagnosis_fast(obj, position, bounds, known_findings)
+    if fast is not None:
+        return fast
+    return _diagnosis_checked(obj, position, bounds, known_findings)
+
+
+def _prediction_checked(
     obj: dict[str, Any],
     position: SourcePosition | None,
     bounds: TimeBounds | None,
@@ -204,7 +365,7 @@ def _prediction(
     )
 
 
-def _diagnosis(
+def _diagnosis_checked(
     obj: dict[str, Any],
     position: SourcePosition | None,
     bounds: TimeBounds | None,
@@ -312,12 +473,33 @@ def read_jsonl_records(path: Path, *, max_bytes: int = MAX_RECORD_BYTES) -> Iter
         raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
     locator = str(path.resolve())
     with handle:
-        for line in iter_lines(handle, max_bytes):
-            data = line.data
-            if line.number == 1:
+        # iter_lines, inlined for the common line (issue 11): no Line object per line
+        readline = handle.readline
+        limit = max_bytes + 1
+        number = 0
+        while True:
+            chunk = readline(limit)
+            if not chunk:
+                return
+            number += 1
+            if chunk[-1:] == b"\n":
+                data = chunk[:-1]
+                if data[-1:] == b"\r":
+                    data = data[:-1]
+            elif len(chunk) <= max_bytes:
+                data = chunk.removesuffix(b"\r")
+            else:  # longer than the limit: skip the rest of the line, never buffered
+                while True:
+                    rest = readline(1 << 16)
+                    if not rest or rest.endswith(b"\n"):
+                        break
+                data = chunk.removeprefix(UTF8_BOM) if number == 1 else chunk
+                yield RawRecord(data, SourcePosition("file", locator, None, number))
+                continue
+            if number == 1:
                 data = data.removeprefix(UTF8_BOM)
-            if line.too_long or data.strip():
-                yield RawRecord(data, SourcePosition("file", locator, None, line.number))
+            if data.strip():
+                yield RawRecord(data, SourcePosition("file", locator, None, number))
 
 
 def _iso(moment: datetime) -> str:

@@ -44,6 +44,7 @@ Effect sizes
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -101,15 +102,21 @@ class Chi2Detector(Detector, key="chi2"):
             raise ValueError(
                 f"{type(self).__name__} needs a 1-D array of categories, got shape {arr.shape}"
             )
-        return np.array([_category(v) for v in arr.tolist()], dtype=object)
+        values = arr.tolist()
+        if set(map(type, values)) <= {str}:
+            return arr  # already strings (the usual case): nothing to convert
+        try:  # once per distinct (type, value): 1 and 1.0 stay apart, as str() has them
+            keys = set(zip(map(type, values), values, strict=True))
+            mapping = {key: _category(key[1]) for key in keys}
+        except TypeError:  # an unhashable value: str() it one by one
+            return np.array([_category(v) for v in values], dtype=object)
+        return np.array([mapping[(type(v), v)] for v in values], dtype=object)
 
     def _score(self, window: np.ndarray) -> DriftResult:
         ref = self.reference
         win = window
-        ref_cats, ref_counts = np.unique(ref.astype(str), return_counts=True)
-        win_cats, win_counts = np.unique(win.astype(str), return_counts=True)
-        ref_map = dict(zip(ref_cats.tolist(), ref_counts.tolist(), strict=True))
-        win_map = dict(zip(win_cats.tolist(), win_counts.tolist(), strict=True))
+        ref_map = Counter(ref.tolist())
+        win_map = Counter(win.tolist())
         categories = sorted(set(ref_map) | set(win_map))
         table = np.array(
             [

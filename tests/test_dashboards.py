@@ -55,7 +55,35 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "Drifted signals per window, by scanner": {"time", "metric", "value"},
         "Drifted signals per window, by site": {"time", "metric", "value"},
         "Overall: -log10(p) per signal": {"time", "metric", "value"},
-        "Drifted checks": {"window_end", "stratum_kind", "stratum_value", "signal", "p_value"},
+        "Drifted checks": {
+            "window_end",
+            "stratum_kind",
+            "stratum_value",
+            "signal",
+            "p_value",
+            "p_adjusted",
+            "effect_name",
+            "effect_size",
+            "tolerance",
+        },
+        "Checks by outcome: drift vs significant but below tolerance": {
+            "drift",
+            "below_tolerance",
+            "ok",
+            "insufficient_data",
+        },
+        "Significant but below tolerance, per window": {"time", "metric", "value"},
+        "Significant but below tolerance (no incident)": {
+            "window_end",
+            "stratum_value",
+            "signal",
+            "p_value",
+            "p_adjusted",
+            "effect_name",
+            "effect_size",
+            "tolerance",
+            "short_of_tolerance",
+        },
         "annotation: Drift incidents": {"time", "text", "tags"},
     },
     "surveillance-performance": {
@@ -94,6 +122,11 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "Incident timeline": {"incident_id", "at", "kind", "actor", "note"},
     },
 }
+
+# Panels that may rightly show nothing on the demo's data: the demo's changes are all
+# large, so no check is significant but below tolerance there (the query must still run;
+# test_below_tolerance_panels_show_the_stored_checks gives it rows).
+MAY_BE_EMPTY = {("surveillance-drift", "Significant but below tolerance (no incident)")}
 
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -201,7 +234,7 @@ def test_every_panel_query_runs_as_the_read_only_role(
                 continue
             grafana_conn.rollback()
             missing = EXPECTED[dashboard["uid"]][title] - columns
-            if missing or not rows:
+            if missing or (not rows and (dashboard["uid"], title) not in MAY_BE_EMPTY):
                 failures.append(
                     f"{dashboard['uid']} / {title}: {len(rows)} row(s), missing {sorted(missing)}"
                 )
@@ -210,6 +243,66 @@ def test_every_panel_query_runs_as_the_read_only_role(
             checked += 1
     assert not failures, "\n".join(failures)
     assert checked == sum(len(p) for p in EXPECTED.values())
+
+
+def _panel_rows(
+    conn: psycopg.Connection[Any], title: str, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    [board] = [d for d in dashboards() if d["uid"] == "surveillance-drift"]
+    [sql] = [t["rawSql"] for name, t in _queries(board) if name == title]
+    cursor = conn.execute(interpolate(sql, _variables(conn), start, end))
+    names = [c.name for c in cursor.description or ()]
+    rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    conn.rollback()
+    return rows
+
+
+@pytest.mark.postgres
+def test_below_tolerance_panels_show_the_stored_checks(
+    report_demo_clone: str,
+    grafana_conn: psycopg.Connection[Any],
+    report_demo: ReportDemo,
+) -> None:
+    """Three stored drift checks re-judged below tolerance move from the drift panels
+    to the below-tolerance ones, with their effect, tolerance and adjusted p."""
+    start = report_demo.first_prediction - timedelta(days=1)
+    end = report_demo.now + timedelta(days=1)
+    before = _panel_rows(
+        grafana_conn, "Checks by outcome: drift vs significant but below tolerance", start, end
+    )
+    assert before[0]["below_tolerance"] == 0 and before[0]["drift"] >= 3
+    drifted = _panel_rows(grafana_conn, "Drifted checks", start, end)
+    assert drifted and all(r["effect_name"] for r in drifted)
+    # drift means the effect reached the tolerance and the adjusted p is below alpha
+    assert all(r["effect_size"] >= r["tolerance"] for r in drifted)
+    assert all(r["p_adjusted"] < report_demo.settings.drift.alpha for r in drifted)
+    url = make_url(report_demo_clone)
+    admin = make_conninfo(host=url.host, port=url.port, user=url.username, dbname=url.database)
+    with psycopg.connect(admin) as conn:
+        picked = conn.execute(
+            "SELECT id, effect_size FROM drift_check WHERE status = 'drift' "
+            "AND stratum_kind = 'overall' AND effect_size IS NOT NULL ORDER BY id LIMIT 3"
+        ).fetchall()
+        assert len(picked) == 3
+        for check_id, effect in picked:
+            conn.execute(
+                "UPDATE drift_check SET status = 'below_tolerance', min_effect = %s WHERE id = %s",
+                (effect + 0.05, check_id),
+            )
+    after = _panel_rows(
+        grafana_conn, "Checks by outcome: drift vs significant but below tolerance", start, end
+    )
+    assert after[0]["below_tolerance"] == 3
+    assert after[0]["drift"] == before[0]["drift"] - 3
+    table = _panel_rows(grafana_conn, "Significant but below tolerance (no incident)", start, end)
+    assert sorted((r["effect_size"], r["tolerance"]) for r in table) == sorted(
+        (e, e + 0.05) for _, e in picked
+    )
+    assert all(r["short_of_tolerance"] == pytest.approx(0.05) for r in table)
+    assert all(r["stratum_kind"] == "overall" and r["p_adjusted"] is not None for r in table)
+    series = _panel_rows(grafana_conn, "Significant but below tolerance, per window", start, end)
+    assert sum(r["value"] for r in series) == 3
+    assert {r["metric"] for r in series if r["value"]} == {"overall"}
 
 
 @pytest.mark.postgres

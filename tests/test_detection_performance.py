@@ -174,9 +174,56 @@ def test_cusum_restarts_and_a_persistent_alarm_is_a_warning(
     assert chart["restart"] is True and chart["arl0_days"] == 365.0
     assert chart["in_control_arl_cases"] == pytest.approx(chart["cases_per_day"] * 365.0)
     assert not any(c.details["cusum"]["persistent"] for c in before)
-    assert all(c.status in {"ok", "insufficient_data"} for c in before)
+    # in control: no breach; a "warning" before the change can only be the interval
+    # rule (a narrow interval holding the limit, point just below it), never the chart
+    assert all(c.status != "breach" for c in before), [(c.value, c.status) for c in before]
+    assert sum(c.status == "warning" for c in before) <= 1, [(c.value, c.status) for c in before]
     assert any(c.details["cusum"]["persistent"] for c in after)
     assert all(c.status in {"warning", "breach"} for c in after)
+
+
+def test_cusum_restarts_at_rebaselining(
+    store: Store, settings: Settings, pseudonymizer: Pseudonymizer
+) -> None:
+    """Sensitivity falls to 0.70 on day 100 and the chart alarms; on day 120 the
+    manufacturer re-baselines (new clearance figure 0.70, limit 0.55): the chart
+    restarts there, counts only the cases after it, and stays quiet in control."""
+    rng = np.random.default_rng(6)
+    events = _scanner_events(rng, "DX-A", 180, 30.0, 0.2, {0: 0.905, 100: 0.70})
+    Ingestor(store, pseudonymizer, batch_size=5000).ingest_events(events)
+    config = settings.performance.model_copy(
+        update={"strata": ["overall"], "window_days": 14, "maturity_days": 0}
+    )
+    as_of = START + timedelta(days=180)
+    model = store.registry.model("cxr-pneumothorax")
+    old = run_performance(store, model, config, as_of=as_of)
+    old_last = max((c for c in old if c.metric == "sensitivity"), key=lambda c: c.window_end)
+    assert old_last.details["cusum"]["alarms_recent"] >= 1  # the old figure: still alarming
+
+    rebaselined_at = START + timedelta(days=120)
+    [config_model] = [m for m in settings.models if m.name == "cxr-pneumothorax"]
+    baselines = [
+        b.model_copy(
+            update={"value": 0.70, "ci_lower": None, "ci_upper": None, "alert_limit": 0.55}
+        )
+        if (b.metric, b.stratum) == ("sensitivity", "overall")
+        else b
+        for b in config_model.baselines
+    ]
+    store.registry.register_models(
+        [config_model.model_copy(update={"baselines": baselines})], actor="qm", now=rebaselined_at
+    )
+    model = store.registry.model("cxr-pneumothorax")
+    assert model.baseline("pneumothorax", "sensitivity", "overall").rebaselined_at == rebaselined_at
+    new = run_performance(store, model, config, as_of=as_of, full=True)
+    sens = sorted((c for c in new if c.metric == "sensitivity"), key=lambda c: c.window_start)
+    last = sens[-1].details["cusum"]
+    assert last["restarted_at_rebaselining"] == rebaselined_at.isoformat()
+    assert last["target_error_rate"] == pytest.approx(0.30)
+    # only the positives after day 120 are on the chart (~0.2 x 30 a day x 60 days)
+    assert 0 < last["n"] < old_last.details["cusum"]["n"] / 2
+    after = [c for c in sens if c.window_start >= rebaselined_at]
+    assert after and not any(c.details["cusum"]["persistent"] for c in after)
 
 
 def test_cbpe_is_calibrated_on_the_reference_in_the_job(

@@ -213,3 +213,26 @@ def test_long_values_fit_and_bad_dates_are_not_echoed(
     (letter,) = store.events.dead_letters()
     assert "PatientBirthDate is not a valid date" in letter.reason
     assert "19610499" not in letter.reason
+
+
+def test_batches_land_in_order_while_the_next_is_parsed(
+    tmp_path: Path, store: Store, ingestor: Ingestor
+) -> None:
+    """On PostgreSQL a full batch is written on a helper thread while the next one is
+    parsed (``Ingestor.pipelined``); on SQLite in line. Either way every batch lands,
+    once, with its dead letters at their lines, and progress counts every line."""
+    lines = [_prediction(i) for i in range(260)]
+    for at in (0, 129, 259):  # lines 1, 130 and 260: one in the first, a middle, the last batch
+        lines[at] = "not json"
+    file = tmp_path / "events.jsonl"
+    file.write_text("\n".join(lines) + "\n")
+    seen: list[int] = []
+
+    counts = ingestor.ingest_jsonl(file, progress=seen.append)
+
+    assert ingestor.pipelined == (store.engine.dialect.name == "postgresql")
+    assert (counts.predictions_new, counts.dead_letters) == (257, 3)
+    assert sum(seen) == 260 and len(seen) == 6  # batches of 50 records
+    assert _count(store, PredictionRow) == 257
+    letters = store.events.dead_letters()
+    assert sorted(int(d.position.rsplit(" ", 1)[1]) for d in letters) == [1, 130, 260]

@@ -405,3 +405,23 @@ def test_bench_ingest_prints_figures_and_cleans_up(
     assert figures["ingest_to_bare_consumer_ratio"] is not None
     assert (_count(store, PredictionRow), _count(store, StudyRow)) == (0, 0)
     assert _count(store, ConsumerOffsetRow) == 0
+
+
+def test_bench_ingest_jsonl_prints_intake_and_database_figures(
+    store: Store, db_url: str, tmp_path: Path
+) -> None:
+    result = run_cli(
+        "bench", "ingest-jsonl", "--messages", "1000", "--batch-size", "300", "--json",
+        cwd=tmp_path, db_url=db_url, key_hex=KEY_HEX, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout)
+    for name, unit in (("predictions_only", "predictions"), ("with_dicom_headers", "studies")):
+        run = figures[name]
+        assert (run["predictions_new"], run["dead_letters"], run["unit"]) == (1000, 0, unit)
+        assert run["per_s"] > 0 and run["intake_only_per_s"] > 0
+    assert figures["with_dicom_headers"]["headers"] == 1000
+    assert figures["write_path"]["rows"] == 1000 == figures["write_path"]["plain_copy_rows"]
+    # predictions and the study skeletons they made are deleted; the header run's studies
+    # (with their metadata) stay in the scratch database, as the bench's docstring says
+    assert (_count(store, PredictionRow), _count(store, StudyRow)) == (0, 1000)

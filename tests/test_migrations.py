@@ -32,7 +32,13 @@ def test_upgrade_creates_every_model_table(db_url: str) -> None:
     engine = make_engine(db_url)
     assert upgrade(engine) == head_revision(engine)
     tables = set(inspect(engine).get_table_names())
-    assert set(Base.metadata.tables) <= tables
+    expected = {
+        name
+        for name, table in Base.metadata.tables.items()
+        # PostgreSQL-only tables (prediction_key, 0010) do not exist on SQLite
+        if table.info.get("backend", engine.dialect.name) == engine.dialect.name
+    }
+    assert expected <= tables
     engine.dispose()
 
 
@@ -41,7 +47,22 @@ def test_migrated_postgres_schema_matches_models(pg_url: str) -> None:
     engine = make_engine(pg_url)
     upgrade(engine)
     with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        # Monthly partitions (0010) are tables to the inspector but not models: the
+        # partitioned parent is what the models describe.
+        partitions = set(
+            connection.exec_driver_sql(
+                "SELECT relname FROM pg_class WHERE relispartition AND relkind = 'r'"
+            ).scalars()
+        )
+        context = MigrationContext.configure(
+            connection,
+            opts={
+                "compare_type": True,
+                "include_name": lambda name, type_, _: (
+                    not (type_ == "table" and name in partitions)
+                ),
+            },
+        )
         diff = compare_metadata(context, Base.metadata)
     engine.dispose()
     assert diff == [], f"models and migrations disagree: {diff}"

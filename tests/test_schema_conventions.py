@@ -31,6 +31,7 @@ STATUS_COLUMNS: dict[tuple[str, str], type[StrEnum]] = {
     ("alert_delivery", "kind"): statuses.DeliveryKind,
     ("reference_set", "kind"): statuses.ReferenceKind,
     ("diagnosis", "source"): statuses.DiagnosisSource,
+    ("check_unit", "status"): statuses.CheckUnitStatus,
 }
 
 
@@ -79,4 +80,6 @@ def test_store_is_composed_of_named_repositories(sqlite_url: str) -> None:
         "reporting",
         "audit",
         "bench",
+        "partitions",
+        "units",
     }

@@ -99,3 +99,17 @@ CREATE POLICY audit_append_oncall ON audit_event FOR INSERT TO surveillance_onca
         db_user = current_user
         AND action IN ('incident.acknowledged', 'incident.investigating')
     );
+
+-- partition maintenance (migration 0010): the daemon creates monthly partitions and
+-- drops expired ones through two SECURITY DEFINER functions, never as table owner
+DO $$
+BEGIN
+    IF to_regprocedure('surveillance_ensure_partitions(text, timestamptz, timestamptz)')
+            IS NOT NULL THEN
+        GRANT EXECUTE ON FUNCTION
+            surveillance_ensure_partitions(text, timestamptz, timestamptz),
+            surveillance_drop_partitions(text, timestamptz)
+        TO surveillance_daemon;
+    END IF;
+END
+$$;

@@ -71,6 +71,8 @@ Incremental runs
 from __future__ import annotations
 
 import math
+import time
+import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -83,13 +85,15 @@ from detectors import (
     ComponentKSDetector,
     InsufficientDataError,
     KSDetector,
-    MMDDetector,
     adjust_p_values,
 )
 from detectors.base import Detector
-from surveillance.analysis.embeddings.backbones import bbsd_name
-from surveillance.analysis.image_signals import IMAGE_QUALITY_EXTRACTOR, image_feature_names
-from surveillance.analysis.windows import Window, floor_day, forward_windows
+from surveillance.analysis.embeddings.names import (
+    IMAGE_QUALITY_EXTRACTOR,
+    bbsd_name,
+    image_feature_names,
+)
+from surveillance.analysis.windows import Window, floor_day, forward_windows, groups
 from surveillance.core.config import DriftConfig
 from surveillance.core.statuses import DriftStatus
 from surveillance.store import CaseTable, ChangeEvent, DriftCheck, ModelInfo, Store
@@ -100,6 +104,7 @@ from surveillance.store.domain import (
     ChangeEventDraft,
     DriftCheckDraft,
 )
+from surveillance.store.embeddings import EmbeddingSet
 
 REFERENCE_SET_NAME = "initial-deployment"
 #: Permutations of the embedding MMD test (smallest p-value 1/201; small ones are refined).
@@ -143,16 +148,27 @@ def signal_family(signal: str) -> str:
     return "score"
 
 
+def _present(*tables: CaseTable) -> tuple[str, ...]:
+    """Numeric acquisition fields with a value in any of ``tables``."""
+    return tuple(
+        f for f in NUMERIC_FIELDS if any(not np.all(np.isnan(t.numeric[f])) for t in tables)
+    )
+
+
 def _signals(
-    cases: CaseTable, finding: str, first_finding: bool, stratum_kind: str
+    cases: CaseTable,
+    finding: str,
+    first_finding: bool,
+    stratum_kind: str,
+    present: tuple[str, ...],
 ) -> list[Signal]:
+    """The signals of ``cases``; the same names, in the same order, for any table."""
     signals = [Signal(f"score:{finding}", "ks", cases.score, family="score")]
     if not first_finding:
         return signals
-    present = [f for f in NUMERIC_FIELDS if not np.all(np.isnan(cases.numeric[f]))]
     if present:
         stacked = np.column_stack([cases.numeric[f] for f in present])
-        signals.append(Signal("acquisition", "ks", stacked, tuple(present), "acquisition"))
+        signals.append(Signal("acquisition", "ks", stacked, present, "acquisition"))
     for field in CATEGORICAL_FIELDS:
         signals.append(
             Signal(f"metadata:{field}", "chi2", cases.categorical[field], family="metadata")
@@ -169,6 +185,8 @@ def _detector(
     permutations: int = EMBEDDING_PERMUTATIONS,
 ) -> Detector:
     if signal.detector == "mmd":
+        from detectors import MMDDetector  # torch: imported only when an embedding is tested
+
         return MMDDetector(
             alpha=settings.alpha,
             n_permutations=permutations,
@@ -201,19 +219,18 @@ def _finite_or_none(value: float) -> float | None:
 
 def _test(
     signal: Signal,
-    reference: np.ndarray,
-    window: np.ndarray,
+    ref_values: np.ndarray,
+    win_values: np.ndarray,
     settings: DriftConfig,
     min_samples: int | None = None,
 ) -> dict[str, Any]:
     """One test, not yet decided: :func:`decide` sets ``ok`` / ``drift`` / ``below_tolerance``."""
-    ref_values, win_values = signal.values[reference], signal.values[window]
     row: dict[str, Any] = {
         "detector": signal.detector,
         "signal": signal.name,
         "threshold": settings.alpha,
-        "n_reference": int(reference.sum()),
-        "n_window": int(window.sum()),
+        "n_reference": int(ref_values.shape[0]),
+        "n_window": int(win_values.shape[0]),
         "min_effect": float(getattr(settings.min_effect, signal.family)),
     }
     needed = settings.min_samples if min_samples is None else min_samples
@@ -286,6 +303,183 @@ def decide(drafts: list[DriftCheckDraft], settings: DriftConfig) -> list[DriftCh
     return decided
 
 
+@dataclass(frozen=True, slots=True)
+class DriftPlan:
+    """What a drift run has to judge: the windows, against which reference."""
+
+    model: ModelInfo
+    reference_set_id: int
+    reference: Window
+    windows: tuple[Window, ...]
+
+
+def plan_drift(
+    store: Store,
+    model: ModelInfo,
+    settings: DriftConfig,
+    *,
+    as_of: datetime,
+    full: bool = False,
+) -> DriftPlan | None:
+    """Freeze the reference, record change events, list the windows to judge.
+
+    None when the model has no predictions. ``windows`` is empty when every
+    complete window has been judged against the current reference (and not
+    ``full``). Change events are found by a GROUP BY in the database over the
+    reference and the windows up to the last one (:func:`record_changes`).
+    """
+    span = store.checks.prediction_span(model.id)
+    if span is None:
+        return None
+    ref_start = floor_day(span[0])
+    ref_end = ref_start + timedelta(days=settings.reference_days)
+    reference_set_id = store.registry.ensure_reference_set(
+        model.id, REFERENCE_SET_NAME, "rolling", ref_start, ref_end, actor="drift-job"
+    )
+    ref_start, ref_end = store.registry.reference_period(reference_set_id)
+    reference = Window(ref_start, ref_end)
+    windows = forward_windows(ref_end, as_of, settings.window_days)
+    if not full:
+        judged = store.checks.judged_drift_windows(model.id, reference_set_id)
+        windows = [w for w in windows if (w.start, w.end) not in judged]
+    if windows:
+        record_changes(store, model, settings, reference, windows[-1].end)
+    return DriftPlan(model, reference_set_id, reference, tuple(windows))
+
+
+class DriftJudge:
+    """Judges one window at a time against a plan's reference.
+
+    The reference period's cases and embeddings are loaded once (on first use)
+    and each window's own cases when it is judged, so a run holds the reference
+    and one window, never the history: memory is bounded by the window, and a
+    window judged alone (incrementally, or by another replica claiming it) is
+    judged exactly as in a full run.
+    """
+
+    def __init__(self, store: Store, plan: DriftPlan, settings: DriftConfig) -> None:
+        self._store = store
+        self._plan = plan
+        self._settings = settings
+        self._references: dict[str, tuple[CaseTable, dict[str, dict[str, np.ndarray]]]] = {}
+        self._ref_embeddings: list[tuple[EmbeddingSet, dict[str, dict[str, np.ndarray]]]] | None
+        self._ref_embeddings = None
+
+    def _reference(self, finding: str) -> tuple[CaseTable, dict[str, dict[str, np.ndarray]]]:
+        if finding not in self._references:
+            ref = self._plan.reference
+            cases = self._store.checks.case_table(self._plan.model.id, finding, ref.start, ref.end)
+            by_kind: dict[str, dict[str, np.ndarray]] = {
+                kind: groups(cases.stratum(kind)) for kind in self._settings.strata
+            }
+            self._references[finding] = (cases, by_kind)
+        return self._references[finding]
+
+    def _embedding_references(self) -> list[tuple[EmbeddingSet, dict[str, dict[str, np.ndarray]]]]:
+        if self._ref_embeddings is None:
+            ref = self._plan.reference
+            sets = self._store.embeddings.model_embeddings(self._plan.model.id, ref.start, ref.end)
+            self._ref_embeddings = [
+                (e, {kind: groups(e.stratum(kind)) for kind in self._settings.strata}) for e in sets
+            ]
+        return self._ref_embeddings
+
+    def judge(self, window: Window, *, job_run_id: int | None = None) -> list[DriftCheck]:
+        """Test ``window`` on every finding, signal and stratum; decide; store."""
+        model, settings = self._plan.model, self._settings
+        rows: list[DriftCheckDraft] = []
+        for index, finding in enumerate(sorted(model.findings)):
+            ref, ref_groups = self._reference(finding)
+            win = self._store.checks.case_table(model.id, finding, window.start, window.end)
+            present = _present(ref, win)
+            for stratum_kind in settings.strata:
+                ref_signals = _signals(ref, finding, index == 0, stratum_kind, present)
+                win_signals = _signals(win, finding, index == 0, stratum_kind, present)
+                win_groups = groups(win.stratum(stratum_kind))
+                for value in sorted(win_groups):
+                    ref_idx = ref_groups[stratum_kind].get(value, _NONE)
+                    win_idx = win_groups[value]
+                    for ref_signal, win_signal in zip(ref_signals, win_signals, strict=True):
+                        test = _test(
+                            ref_signal,
+                            ref_signal.values[ref_idx],
+                            win_signal.values[win_idx],
+                            settings,
+                        )
+                        rows.append(self._draft(test, stratum_kind, value, window))
+        rows += self._embedding_rows(window)
+        return self._store.checks.save_drift(
+            decide(rows, settings), job_run_id=job_run_id, actor="drift-job"
+        )
+
+    def _draft(
+        self, test: dict[str, Any], stratum_kind: str, value: str, window: Window
+    ) -> DriftCheckDraft:
+        return DriftCheckDraft(
+            **test,
+            model_id=self._plan.model.id,
+            reference_set_id=self._plan.reference_set_id,
+            stratum_kind=stratum_kind,
+            stratum_value=str(value),
+            window_start=window.start,
+            window_end=window.end,
+        )
+
+    def _embedding_rows(self, window: Window) -> list[DriftCheckDraft]:
+        """Rows for every stored extractor (other models' BBSD vectors excluded)."""
+        model, settings, reference = self._plan.model, self._settings, self._plan.reference
+        own_bbsd = bbsd_name(model.name)
+        references = {e.extractor: (e, g) for e, g in self._embedding_references()}
+        versions = {name: e.version for name, (e, _) in references.items()}
+        # the window's place on the grid (not in this run's list): the same seed
+        # whether it is judged alone or with the whole history
+        w_index = (window.start - reference.end) // (window.end - window.start)
+        rows: list[DriftCheckDraft] = []
+        for emb in self._store.embeddings.model_embeddings(
+            model.id, window.start, window.end, versions=versions
+        ):
+            if emb.extractor.startswith("bbsd:") and emb.extractor != own_bbsd:
+                continue
+            ref_emb, ref_groups = references.get(emb.extractor, (None, {}))
+            ref_vectors = (
+                ref_emb.vectors
+                if ref_emb is not None and ref_emb.version == emb.version
+                else np.empty((0, *emb.vectors.shape[1:]), dtype=emb.vectors.dtype)
+            )
+            if ref_vectors.shape[0] == 0:
+                ref_groups = {}
+            pairs = _embedding_signals(emb.extractor, ref_vectors, emb.vectors)
+            for stratum_kind in settings.strata:
+                win_groups = groups(emb.stratum(stratum_kind))
+                for s_index, value in enumerate(sorted(win_groups)):
+                    seed = 7919 * w_index + s_index
+                    ref_idx = ref_groups.get(stratum_kind, {}).get(value, _NONE)
+                    win_idx = win_groups[value]
+                    for ref_signal, win_signal, needed in pairs:
+                        cap = (
+                            MMD_MAX_SAMPLES
+                            if ref_signal.detector == "mmd"
+                            else EMBEDDING_MAX_SAMPLES
+                        )
+                        test = _test(
+                            ref_signal,
+                            ref_signal.values[_cap(ref_idx, cap, seed)],
+                            win_signal.values[_cap(win_idx, cap, seed + 1)],
+                            settings,
+                            settings.image_min_samples if needed == -1 else needed,
+                        )
+                        test["details"] = {
+                            **test["details"],
+                            "extractor": emb.extractor,
+                            "extractor_version": emb.version,
+                        }
+                        rows.append(self._draft(test, stratum_kind, value, window))
+        return rows
+
+
+_NONE = np.empty(0, dtype=np.int64)
+
+
 def run_drift(
     store: Store,
     model: ModelInfo,
@@ -295,119 +489,161 @@ def run_drift(
     job_run_id: int | None = None,
     full: bool = False,
 ) -> list[DriftCheck]:
-    """Test the complete windows not yet judged; returns the checks stored by this run.
+    """Judge the complete windows not yet judged; returns their checks.
 
     Incremental (see "Incremental runs" in the module docstring): a window that
     already has checks against the current reference set, written after that set
     was created, is skipped; ``full=True`` re-judges every window (after a
     configuration change). Whole windows are judged, never part of one, since
     :func:`decide` corrects across every stratum and signal of a window.
+
+    Each window is queued as a work unit (``store.units``); this process
+    claims and judges them one by one while the check workers of other
+    replicas claim them too (:func:`work_drift_units`), and returns when every
+    unit of its plan is judged, whoever judged it. A unit that fails raises
+    here (and is recorded as failed with its error).
     """
-    span = store.checks.prediction_span(model.id)
-    if span is None:
+    plan = plan_drift(store, model, settings, as_of=as_of, full=full)
+    if plan is None or not plan.windows:
         return []
-    ref_start = floor_day(span[0])
-    ref_end = ref_start + timedelta(days=settings.reference_days)
-    reference_set_id = store.registry.ensure_reference_set(
-        model.id, REFERENCE_SET_NAME, "rolling", ref_start, ref_end, actor="drift-job"
+    plan_id = queue_drift(store, plan, job_run_id=job_run_id)
+    return collect_drift(store, plan, plan_id, settings)
+
+
+def queue_drift(store: Store, plan: DriftPlan, *, job_run_id: int | None = None) -> str:
+    """Queue the plan's windows as work units; returns the plan id to collect them by."""
+    plan_id = uuid.uuid4().hex
+    store.units.queue(
+        plan.model.id,
+        DRIFT_JOB,
+        [(w.start, w.end) for w in plan.windows],
+        reference_set_id=plan.reference_set_id,
+        plan_id=plan_id,
+        job_run_id=job_run_id,
     )
-    ref_start, ref_end = store.registry.reference_period(reference_set_id)
-    windows = forward_windows(ref_end, as_of, settings.window_days)
-    if not full:
-        judged = store.checks.judged_drift_windows(model.id, reference_set_id)
-        windows = [w for w in windows if (w.start, w.end) not in judged]
-    if not windows:
-        return []
-    reference = Window(ref_start, ref_end)
-    rows: list[DriftCheckDraft] = []
-    for index, finding in enumerate(sorted(model.findings)):
-        # the reference and the windows being judged, not the whole history
-        cases = _concat(
-            store.checks.case_table(model.id, finding, ref_start, ref_end),
-            store.checks.case_table(
-                model.id, finding, max(ref_end, windows[0].start), windows[-1].end
-            ),
+    return plan_id
+
+
+def collect_drift(
+    store: Store,
+    plan: DriftPlan,
+    plan_id: str,
+    settings: DriftConfig,
+    *,
+    worker: str | None = None,
+) -> list[DriftCheck]:
+    """Judge the plan's units not taken by other replicas, wait for theirs, return all.
+
+    Raises when a unit failed (wherever it ran), naming the window and the error.
+    """
+    stored = work_drift_units(store, settings, plan_id=plan_id, worker=worker)
+    mine = {(c.window_start, c.window_end) for c in stored}
+    elsewhere = [(w.start, w.end) for w in plan.windows if (w.start, w.end) not in mine]
+    stored += store.checks.drift_of_windows(plan.model.id, elsewhere)
+    failed = [u for u in store.units.units(plan_id=plan_id) if u.status == "failed"]
+    if failed:
+        raise RuntimeError(
+            f"{len(failed)} drift window(s) of {plan.model.name} failed, e.g. "
+            f"{failed[0].window_start:%Y-%m-%d} on {failed[0].claimed_by}: {failed[0].error}"
         )
-        in_reference = reference.mask(cases.predicted_at)
-        if index == 0:
-            record_changes(store, model, settings, cases, reference, windows[-1].end)
-        for window in windows:
-            in_window = window.mask(cases.predicted_at)
-            for stratum_kind in settings.strata:
-                strata = cases.stratum(stratum_kind)
-                for value in sorted(set(strata[in_window])):
-                    member = strata == value
-                    for signal in _signals(cases, finding, index == 0, stratum_kind):
-                        test = _test(signal, in_reference & member, in_window & member, settings)
-                        rows.append(
-                            DriftCheckDraft(
-                                **test,
-                                model_id=model.id,
-                                reference_set_id=reference_set_id,
-                                stratum_kind=stratum_kind,
-                                stratum_value=str(value),
-                                window_start=window.start,
-                                window_end=window.end,
-                            )
-                        )
-    rows += _embedding_rows(store, model, settings, reference_set_id, reference, windows)
-    return store.checks.save_drift(decide(rows, settings), job_run_id=job_run_id, actor="drift-job")
+    return stored
 
 
-def _concat(first: CaseTable, second: CaseTable) -> CaseTable:
-    """Two case tables of disjoint periods, ``first`` before ``second``."""
-    return CaseTable(
-        score=np.concatenate([first.score, second.score]),
-        predicted_at=np.concatenate([first.predicted_at, second.predicted_at]),
-        site=np.concatenate([first.site, second.site]),
-        scanner=np.concatenate([first.scanner, second.scanner]),
-        label=np.concatenate([first.label, second.label]),
-        confirmed_at=np.concatenate([first.confirmed_at, second.confirmed_at]),
-        categorical={
-            k: np.concatenate([v, second.categorical[k]]) for k, v in first.categorical.items()
-        },
-        numeric={k: np.concatenate([v, second.numeric[k]]) for k, v in first.numeric.items()},
-    )
+#: The job name of drift work units.
+DRIFT_JOB = "drift"
+#: How often a run waiting for units claimed by other replicas looks again.
+UNIT_POLL_S = 0.5
+
+
+def work_drift_units(
+    store: Store,
+    settings: DriftConfig,
+    *,
+    plan_id: str | None = None,
+    max_units: int | None = None,
+    worker: str | None = None,
+) -> list[DriftCheck]:
+    """Claim and judge drift work units until none is left; returns the checks stored.
+
+    With ``plan_id`` (a run waiting for its own windows) only that plan's
+    units are claimed, and the call returns once none of them is pending or
+    running elsewhere. Without it (a replica's check worker) any pending unit
+    is claimed, up to ``max_units``. Judges are kept per (model, reference)
+    for the call, so a replica loads a reference once for all its windows.
+    """
+    judges: dict[tuple[int, int], DriftJudge] = {}
+    models: dict[int, ModelInfo] = {}
+    stored: list[DriftCheck] = []
+    done = 0
+    while max_units is None or done < max_units:
+        unit = store.units.claim(DRIFT_JOB, plan_id=plan_id, worker=worker)
+        if unit is None:
+            if plan_id is not None and store.units.plan_status(plan_id)["running"]:
+                time.sleep(UNIT_POLL_S)  # another replica is judging one of ours
+                continue
+            break
+        try:
+            key = (unit.model_id, unit.reference_set_id)
+            judge = judges.get(key)
+            if judge is None:
+                if not models:
+                    models = {m.id: m for m in store.registry.models()}
+                start, end = store.registry.reference_period(unit.reference_set_id)
+                plan = DriftPlan(
+                    models[unit.model_id], unit.reference_set_id, Window(start, end), ()
+                )
+                judge = judges[key] = DriftJudge(store, plan, settings)
+            stored += judge.judge(
+                Window(unit.window_start, unit.window_end), job_run_id=unit.job_run_id
+            )
+        except Exception as exc:
+            store.units.finish(unit.id, error=f"{type(exc).__name__}: {exc}"[:2000])
+            raise
+        store.units.finish(unit.id)
+        done += 1
+    return stored
 
 
 def change_drafts(
     model_id: int,
-    cases: CaseTable,
+    sightings: dict[str, list[tuple[str, str, str | None, datetime, int]]],
     strata_kinds: list[str],
-    reference: Window,
-    until: datetime,
 ) -> list[ChangeEventDraft]:
-    """Change events in ``cases``: see the module docstring ("Change events")."""
-    in_reference = reference.mask(cases.predicted_at)
-    after = Window(reference.end, until).mask(cases.predicted_at)
+    """Change events from per (site, scanner, value) sightings (``store.checks.change_sightings``).
+
+    See the module docstring ("Change events"): per stratum, a value of a
+    change field first seen after the reference, where the stratum had
+    reference cases; the old value is the stratum's most frequent one in the
+    reference.
+    """
     drafts: list[ChangeEventDraft] = []
-    for stratum_kind in strata_kinds:
-        strata = cases.stratum(stratum_kind)
-        for value in sorted(set(strata[after])):
-            member = strata == value
-            if not (in_reference & member).any():
+    for field in CHANGE_FIELDS:
+        per_stratum: dict[tuple[str, str], dict[str, tuple[datetime, int]]] = defaultdict(dict)
+        for site, scanner, value, first, in_ref in sightings.get(field, []):
+            shown = NO_METADATA if value is None else value
+            for kind in strata_kinds:
+                key = (kind, "all" if kind == "overall" else site if kind == "site" else scanner)
+                seen, count = per_stratum[key].get(shown, (first, 0))
+                per_stratum[key][shown] = (min(seen, first), count + in_ref)
+        for (kind, stratum), values in sorted(per_stratum.items()):
+            known = Counter({v: c for v, (_, c) in values.items() if c > 0 and v != NO_METADATA})
+            if not any(c > 0 for _, c in values.values()):
                 continue  # a stratum new since the reference: metadata:scanner says so
-            for field in CHANGE_FIELDS:
-                values = cases.categorical[field]
-                known = Counter(v for v in values[in_reference & member] if v != NO_METADATA)
-                old = known.most_common(1)[0][0] if known else None
-                later = after & member
-                for new in sorted(set(values[later]) - set(known) - {NO_METADATA}):
-                    seen = cases.predicted_at[later & (values == new)].min()
-                    first_seen = datetime.fromisoformat(
-                        str(np.datetime_as_string(seen, unit="us")) + "+00:00"
+            old = known.most_common(1)[0][0] if known else None
+            for new, (first_seen, count) in sorted(values.items()):
+                if count > 0 or new == NO_METADATA:
+                    continue
+                drafts.append(
+                    ChangeEventDraft(
+                        model_id=model_id,
+                        stratum_kind=kind,
+                        stratum_value=stratum,
+                        field=field,
+                        old_value=old,
+                        new_value=new,
+                        first_seen_at=first_seen,
                     )
-                    drafts.append(
-                        ChangeEventDraft(
-                            model_id=model_id,
-                            stratum_kind=stratum_kind,
-                            stratum_value=str(value),
-                            field=field,
-                            old_value=None if old is None else str(old),
-                            new_value=str(new),
-                            first_seen_at=first_seen,
-                        )
-                    )
+                )
     return drafts
 
 
@@ -415,105 +651,79 @@ def record_changes(
     store: Store,
     model: ModelInfo,
     settings: DriftConfig,
-    cases: CaseTable,
     reference: Window,
     until: datetime,
 ) -> list[ChangeEvent]:
-    """Record the change events found in ``cases``; returns the ones new in this run."""
-    drafts = change_drafts(model.id, cases, list(settings.strata), reference, until)
+    """Record the change events up to ``until``; returns the ones new in this run."""
+    finding = sorted(model.findings)[0]
+    sightings = {
+        field: store.checks.change_sightings(
+            model.id, finding, field, reference.start, reference.end, until
+        )
+        for field in CHANGE_FIELDS
+    }
+    drafts = change_drafts(model.id, sightings, list(settings.strata))
     return store.checks.record_change_events(drafts, actor="drift-job")
 
 
-def _cap(mask: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """``mask`` with at most ``limit`` True entries (a seeded random subset)."""
-    chosen = np.flatnonzero(mask)
-    if chosen.size <= limit:
-        return mask
-    keep = np.random.default_rng(seed).choice(chosen, size=limit, replace=False)
-    capped = np.zeros_like(mask)
-    capped[keep] = True
-    return capped
+def _cap(positions: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """``positions`` cut to at most ``limit`` (a seeded random subset, kept in order)."""
+    if positions.size <= limit:
+        return positions
+    return np.sort(np.random.default_rng(seed).choice(positions, size=limit, replace=False))
 
 
-def _embedding_signals(extractor: str, vectors: np.ndarray) -> list[tuple[Signal, int | None]]:
-    """Signals of one stored extractor, with the min_samples override (None: the default)."""
+def _embedding_signals(
+    extractor: str, reference: np.ndarray, window: np.ndarray
+) -> list[tuple[Signal, Signal, int | None]]:
+    """(reference, window, min_samples override) signal pairs of one extractor.
+
+    The override is None for the default ``min_samples``, -1 for
+    ``image_min_samples``.
+    """
     if extractor == IMAGE_QUALITY_EXTRACTOR:
-        values = vectors.astype(np.float64)
+        ref, win = reference.astype(np.float64), window.astype(np.float64)
+        names = image_feature_names(win.shape[1])
         return [
-            (Signal(f"image:{name}", "ks", values[:, j], family="image"), -1)
-            for j, name in enumerate(image_feature_names(values.shape[1]))
-            if not np.all(np.isnan(values[:, j]))
+            (
+                Signal(f"image:{name}", "ks", ref[:, j], family="image"),
+                Signal(f"image:{name}", "ks", win[:, j], family="image"),
+                -1,
+            )
+            for j, name in enumerate(names)
+            if not (np.all(np.isnan(ref[:, j])) and np.all(np.isnan(win[:, j])))
         ]
-    pca = (Signal(f"embedding-pca:{extractor}", "ks-pca", vectors, family="embedding"), None)
-    if vectors.ndim == 2 and vectors.shape[1] == 1:
-        return [pca]  # one dimension (BBSD of a one-finding model): the KS says it all
-    return [(Signal(f"embedding:{extractor}", "mmd", vectors, family="embedding"), None), pca]
-
-
-def _embedding_rows(
-    store: Store,
-    model: ModelInfo,
-    settings: DriftConfig,
-    reference_set_id: int,
-    reference: Window,
-    windows: list[Window],
-) -> list[DriftCheckDraft]:
-    """Rows for every stored extractor (other models' BBSD vectors excluded)."""
-    own_bbsd = bbsd_name(model.name)
-    rows: list[DriftCheckDraft] = []
-    for emb in store.embeddings.model_embeddings(model.id, reference.start, windows[-1].end):
-        if emb.extractor.startswith("bbsd:") and emb.extractor != own_bbsd:
-            continue
-        signals = _embedding_signals(emb.extractor, emb.vectors)
-        in_reference = reference.mask(emb.at)
-        for window in windows:
-            # the window's place on the grid (not in this run's list): the same seed
-            # whether it is judged alone or with the whole history
-            w_index = (window.start - reference.end) // (window.end - window.start)
-            in_window = window.mask(emb.at)
-            for stratum_kind in settings.strata:
-                strata = emb.stratum(stratum_kind)
-                for s_index, value in enumerate(sorted(set(strata[in_window]))):
-                    member = strata == value
-                    seed = 7919 * w_index + s_index
-                    for signal, needed in signals:
-                        cap = MMD_MAX_SAMPLES if signal.detector == "mmd" else EMBEDDING_MAX_SAMPLES
-                        test = _test(
-                            signal,
-                            _cap(in_reference & member, cap, seed),
-                            _cap(in_window & member, cap, seed + 1),
-                            settings,
-                            settings.image_min_samples if needed == -1 else needed,
-                        )
-                        test["details"] = {
-                            **test["details"],
-                            "extractor": emb.extractor,
-                            "extractor_version": emb.version,
-                        }
-                        rows.append(
-                            DriftCheckDraft(
-                                **test,
-                                model_id=model.id,
-                                reference_set_id=reference_set_id,
-                                stratum_kind=stratum_kind,
-                                stratum_value=str(value),
-                                window_start=window.start,
-                                window_end=window.end,
-                            )
-                        )
-    return rows
+    kinds = [("embedding-pca", "ks-pca")]
+    if not (window.ndim == 2 and window.shape[1] == 1):
+        # one dimension (BBSD of a one-finding model): the KS says it all
+        kinds.insert(0, ("embedding", "mmd"))
+    return [
+        (
+            Signal(f"{prefix}:{extractor}", detector, reference, family="embedding"),
+            Signal(f"{prefix}:{extractor}", detector, window, family="embedding"),
+            None,
+        )
+        for prefix, detector in kinds
+    ]
 
 
 __all__ = [
     "CHANGE_FIELDS",
+    "DRIFT_JOB",
     "EMBEDDING_MAX_SAMPLES",
     "EMBEDDING_PERMUTATIONS",
     "MMD_MAX_SAMPLES",
     "PCA_COMPONENTS",
     "REFERENCE_SET_NAME",
+    "DriftJudge",
+    "DriftPlan",
     "change_drafts",
+    "collect_drift",
     "decide",
+    "plan_drift",
+    "queue_drift",
     "record_changes",
     "run_drift",
     "signal_family",
+    "work_drift_units",
 ]

@@ -34,19 +34,11 @@ from pydicom.dataset import Dataset
 from detectors.image_quality import CT_BODY_THRESHOLD, IMAGE_FEATURES, image_fingerprint
 from surveillance.analysis.embeddings.decode import DecodeError, physical_pixels
 from surveillance.analysis.embeddings.extractor import FileResult, describe_error
-
-IMAGE_QUALITY_EXTRACTOR = "image-quality"
-#: Changes when the features or their definitions change (a new reference then starts).
-IMAGE_QUALITY_VERSION = f"1.f{len(IMAGE_FEATURES)}"
-
-
-def image_feature_names(dim: int) -> tuple[str, ...]:
-    """Feature names of a stored fingerprint of length ``dim`` (IMAGE_FEATURES order)."""
-    if dim != len(IMAGE_FEATURES):
-        raise ValueError(
-            f"an {IMAGE_QUALITY_EXTRACTOR} vector has {len(IMAGE_FEATURES)} values, got {dim}"
-        )
-    return IMAGE_FEATURES
+from surveillance.analysis.embeddings.names import (
+    IMAGE_QUALITY_EXTRACTOR,
+    IMAGE_QUALITY_VERSION,
+    image_feature_names,
+)
 
 
 def _spacing(ds: Dataset) -> tuple[float, float] | None:

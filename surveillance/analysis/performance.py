@@ -2,8 +2,11 @@
 
 Predictions are joined with clinician-confirmed diagnoses, which arrive late. A
 window is judged only once it has matured (its end is at least
-``maturity_days`` before now); windows are laid backwards from that point, so
-the newest judged window always ends at the maturity horizon.
+``maturity_days`` before now). Windows sit on a fixed grid of ``window_days``
+from the first day of deployment (like the drift windows), so a window keeps
+its key from one day to the next: the newest judged window is the last one
+that ends at or before the maturity horizon, and the days after it are seen
+in the current window's estimates until that window matures.
 
 Per finding, window and stratum: sensitivity, specificity, PPV and NPV at the
 model's operating threshold (Wilson intervals), AUROC (DeLong interval) and the
@@ -51,16 +54,16 @@ model changed since they were written. A second run the same day with no new
 data judges nothing. The CUSUM state at a window's end is computed from the
 stratum's whole labelled series up to that end, so a window judged alone gets
 the same chart as in a full run. ``full=True`` (``surveillance check --full``)
-re-judges every window. The matured windows are laid backwards from the
-maturity horizon, which moves with the day: a new day's windows are new keys
-and are all judged (with ``window_days`` > 1); only a same-day rerun and late
-labels are incremental for now (a fixed grid would change which windows exist).
+re-judges every window. On the fixed grid, the next day's run judges a
+matured window only when one has just matured or its labels changed, and
+re-estimates the current window.
 
 Before labels arrive: for the current, not yet matured window the job stores
 *estimated* rows (``estimated=True``) of sensitivity, specificity, PPV and NPV
 from the scores alone (:mod:`detectors.cbpe`, confidence-based performance
 estimation), judged the same way. The scores are first recalibrated on the stratum's
-matured, labelled cases (isotonic :class:`detectors.cbpe.Calibrator`; the
+matured, labelled cases of the last ``calibration_days`` before the maturity
+horizon (isotonic :class:`detectors.cbpe.Calibrator`; the
 overall stratum's calibration when the stratum has fewer than ``min_samples``
 labelled cases or one class only, raw scores when nothing is labelled yet:
 ``details.calibration`` says which). The estimates are blind to concept shift
@@ -71,7 +74,8 @@ but returns only the labelled checks, which the policy judges.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -86,13 +90,13 @@ from detectors import (
 from detectors.cbpe import Calibrator, estimate_performance
 from detectors.cusum import bernoulli_reference, cusum, decision_interval_for_time
 from detectors.performance import Proportion
-from surveillance.analysis.windows import Window, backward_windows, floor_day
+from surveillance.analysis.windows import Window, floor_day, forward_windows, groups
 from surveillance.core.config import PerformanceConfig
 from surveillance.core.metrics import metric as metric_info
 from surveillance.core.metrics import metric_keys
 from surveillance.core.statuses import PerformanceStatus
 from surveillance.store import CaseTable, ModelInfo, PerformanceCheck, Store
-from surveillance.store.domain import PerformanceCheckDraft
+from surveillance.store.domain import CATEGORICAL_FIELDS, PerformanceCheckDraft
 
 ESTIMATED_METRICS = tuple(k for k in metric_keys() if metric_info(k).estimable)
 #: What each metric's denominator counts, for "which cases are short".
@@ -264,26 +268,73 @@ def _per_day(times: np.ndarray) -> float:
     return float(times.size) / max(float(span), 1.0)
 
 
-def _cusum_state(
+def _moment(at: datetime) -> np.datetime64:
+    return np.datetime64(at.astimezone(UTC).replace(tzinfo=None), "us")
+
+
+@dataclass(frozen=True, slots=True)
+class _Chart:
+    """One restarting CUSUM pass over a stratum's whole series of one error kind.
+
+    Computed once per stratum and metric; :meth:`state` reads the chart as it
+    stood at a window's end (the cases before it), which is what the chart run
+    on those cases alone gives, since a CUSUM only looks back.
+    """
+
+    design: dict[str, Any]
+    times: np.ndarray
+    path: np.ndarray
+    alarms: np.ndarray  # case positions of the alarms
+
+    def state(self, window: Window) -> dict[str, Any]:
+        until = _moment(window.end)
+        since = _moment(window.start - (window.end - window.start))
+        upto = int(np.searchsorted(self.times, until, side="left"))
+        before = self.alarms[self.alarms < upto]
+        alarm_times = self.times[before]
+        recent = alarm_times[alarm_times >= since]
+        statistic = 0.0
+        if upto > 0 and not (before.size and before[-1] == upto - 1):
+            statistic = float(self.path[upto - 1])  # a restarting chart is 0 just after an alarm
+        return {
+            **self.design,
+            "n": upto,
+            "statistic": statistic,
+            "alarm": bool(recent.size),
+            "alarms_total": int(before.size),
+            "alarms_recent": int(recent.size),
+            "alarm_at": str(np.datetime_as_string(recent[-1], unit="s")) + "Z"
+            if recent.size
+            else None,
+            "persistent": int(recent.size) >= CUSUM_PERSISTENT_ALARMS,
+        }
+
+
+def _chart(
     model: ModelInfo,
     finding: str,
     stratum: str,
     metric: str,
     errors: np.ndarray,
     times: np.ndarray,
-    window: Window,
     settings: PerformanceConfig,
-) -> dict[str, Any] | None:
-    """Restarting CUSUM of ``errors`` (time-ordered) over the cases before the window's end.
+) -> _Chart | None:
+    """Restarting CUSUM of ``errors`` (time-ordered) over the stratum's labelled cases.
 
     The chart looks for the error rate moving from the clearance value's
     (``1 - baseline``) to the alert limit's (``1 - alert_limit``); ``h`` gives
-    one false alarm per ``cusum_arl0_days`` at the stratum's volume. None when
-    there is no design (no baseline, or no cases of the class).
+    one false alarm per ``cusum_arl0_days`` at the stratum's volume. It starts
+    at the baseline's re-baselining, when there was one: cases judged against
+    the old clearance figures say nothing about the new ones. None when there
+    is no design (no baseline, or too few cases of the class).
     """
     baseline = model.baseline(finding, metric, stratum)
     if baseline is None:
         return None
+    restarted_at = baseline.rebaselined_at
+    if restarted_at is not None:
+        keep = times >= _moment(restarted_at)
+        errors, times = errors[keep], times[keep]
     p0, p1 = 1.0 - baseline.value, 1.0 - baseline.alert_limit
     per_day = _per_day(times)
     if not 0.0 < p0 < p1 < 1.0 or per_day * settings.cusum_arl0_days <= 1.0:
@@ -291,13 +342,8 @@ def _cusum_state(
     k, h = _cusum_design(
         round(p0, 6), round(p1, 6), round(per_day, 3), float(settings.cusum_arl0_days)
     )
-    until = np.datetime64(window.end.replace(tzinfo=None), "us")
-    since = np.datetime64((window.start - (window.end - window.start)).replace(tzinfo=None), "us")
-    upto = int(np.searchsorted(times, until, side="left"))
-    result = cusum(errors[:upto], target=p0, k=k, h=h, restart=True)
-    alarm_times = [times[i] for i in result.alarm_indices]
-    recent = [t for t in alarm_times if t >= since]
-    return {
+    result = cusum(errors, target=p0, k=k, h=h, restart=True)
+    design = {
         "error": "missed positive" if metric == "sensitivity" else "false alarm on a negative",
         "target_error_rate": p0,
         "shift_to_detect": p1,
@@ -307,30 +353,41 @@ def _cusum_state(
         "cases_per_day": per_day,
         "in_control_arl_cases": per_day * settings.cusum_arl0_days,
         "restart": True,
-        "n": result.n,
-        "statistic": result.statistic,
-        "alarm": bool(recent),
-        "alarms_total": len(alarm_times),
-        "alarms_recent": len(recent),
-        "alarm_at": str(np.datetime_as_string(recent[-1], unit="s")) + "Z" if recent else None,
-        "persistent": len(recent) >= CUSUM_PERSISTENT_ALARMS,
+        "restarted_at_rebaselining": None if restarted_at is None else restarted_at.isoformat(),
     }
+    return _Chart(
+        design,
+        times,
+        np.asarray(result.path, dtype=np.float64),
+        np.asarray(result.alarm_indices, dtype=np.int64),
+    )
 
 
-def _cusum_series(
-    cases: CaseTable, selected: np.ndarray, threshold: float
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-case errors and times (ordered) for the sensitivity and specificity charts."""
-    labelled = selected & (cases.label >= 0)
-    order = np.argsort(cases.predicted_at[labelled], kind="mergesort")
-    label = cases.label[labelled][order]
-    flagged = cases.score[labelled][order] >= threshold
-    times = cases.predicted_at[labelled][order]
+def _charts(
+    model: ModelInfo,
+    finding: str,
+    stratum: str,
+    cases: CaseTable,
+    members: np.ndarray,
+    settings: PerformanceConfig,
+) -> dict[str, _Chart]:
+    """The sensitivity and specificity charts of one stratum (``members``: time-ordered)."""
+    threshold = model.findings[finding]
+    labelled = members[cases.label[members] >= 0]
+    label = cases.label[labelled]
+    flagged = cases.score[labelled] >= threshold
+    times = cases.predicted_at[labelled]
     positives, negatives = label == 1, label == 0
-    return {
+    series = {
         "sensitivity": ((~flagged[positives]).astype(float), times[positives]),
         "specificity": (flagged[negatives].astype(float), times[negatives]),
     }
+    charts = {}
+    for metric, (errors, at) in series.items():
+        chart = _chart(model, finding, stratum, metric, errors, at, settings)
+        if chart is not None:
+            charts[metric] = chart
+    return charts
 
 
 def _estimated_rows(
@@ -399,12 +456,12 @@ def _calibration(
     stratum: str,
     fallback: tuple[Calibrator | None, str] | None,
 ) -> tuple[Calibrator | None, str]:
-    """Isotonic calibrator on the matured, labelled cases of ``selected`` (module docstring)."""
-    labelled = selected & (cases.label >= 0)
+    """Isotonic calibrator on the labelled cases at ``selected`` (module docstring)."""
+    labelled = selected[cases.label[selected] >= 0]
     labels = cases.label[labelled]
-    if int(labelled.sum()) >= settings.min_samples and 0 < int(labels.sum()) < labels.size:
+    if labelled.size >= settings.min_samples and 0 < int(labels.sum()) < labels.size:
         calibrator = Calibrator().fit(cases.score[labelled], labels.astype(int))
-        return calibrator, f"isotonic on {int(labelled.sum())} labelled cases ({stratum})"
+        return calibrator, f"isotonic on {labelled.size} labelled cases ({stratum})"
     if fallback is not None:
         return fallback
     return None, "none: raw scores taken as calibrated (no labelled reference yet)"
@@ -433,12 +490,16 @@ def run_performance(
     run, the only ones the incident policy may act on. Read the estimates with
     ``store.performance_checks`` (``estimated=True``). Incremental unless
     ``full`` (module docstring, "Incremental runs").
+
+    Memory: the labelled history is read without header fields (score, time,
+    label, site, scanner: ~35 bytes a case), since the CUSUM charts run over
+    all of it; each stratum is a list of positions, never a mask of the history.
     """
     span = store.checks.prediction_span(model.id)
     if span is None:
         return []
     horizon = floor_day(as_of - timedelta(days=settings.maturity_days))
-    windows = backward_windows(horizon, floor_day(span[0]), settings.window_days)
+    windows = forward_windows(floor_day(span[0]), horizon, settings.window_days)
     current = _current_window(as_of, horizon, settings.window_days)
     # the cases (CUSUM series, volumes, calibration) end where a full run's would
     ends = [w.end for w in windows] + ([current.end] if current is not None else [])
@@ -457,34 +518,52 @@ def run_performance(
     judged: list[tuple[Window, bool]] = [(w, False) for w in windows]
     if current is not None:
         judged.append((current, True))
-    first = min(w.start for w, _ in judged)
+    first = _moment(min(w.start for w, _ in judged))
+    fields = [kind for kind in settings.strata if kind in CATEGORICAL_FIELDS]
     rows: list[PerformanceCheckDraft] = []
     for finding in sorted(model.findings):
-        threshold = model.findings[finding]
-        cases = store.checks.case_table(model.id, finding, None, last)
-        in_span = cases.predicted_at >= np.datetime64(first.replace(tzinfo=None), "us")
-        matured = cases.predicted_at < np.datetime64(horizon.replace(tzinfo=None), "us")
-        overall_calibration = _calibration(cases, matured, settings, "overall", None)
+        # labelled windows need the whole labelled history (their CUSUM charts run
+        # over it); re-estimating the current window alone needs the calibration
+        # period and the window
+        since = horizon - timedelta(days=settings.calibration_days)
+        cases = store.checks.case_table(
+            model.id, finding, None if windows else since, last, fields=fields
+        )
+        matured = int(np.searchsorted(cases.predicted_at, _moment(horizon), side="left"))
+        calibrated_from = int(np.searchsorted(cases.predicted_at, _moment(since), side="left"))
+        overall_calibration = _calibration(
+            cases, np.arange(calibrated_from, matured), settings, "overall", None
+        )
         for stratum_kind in settings.strata:
-            strata = cases.stratum(stratum_kind)
-            for value in sorted(set(strata[in_span])):
-                in_stratum = strata == value
+            by_value = groups(cases.stratum(stratum_kind))
+            for value in sorted(by_value):
+                members = by_value[value]  # positions in time order
+                times = cases.predicted_at[members]
+                if times[-1] < first:
+                    continue  # nothing of this stratum in the windows being judged
                 stratum = "overall" if stratum_kind == "overall" else f"{stratum_kind}={value}"
-                series = _cusum_series(cases, in_stratum, threshold)
+                # the CUSUM is about labelled cases: estimated rows carry no chart, and a
+                # run that only re-estimates the current window draws none
+                charts = (
+                    _charts(model, finding, stratum, cases, members, settings) if windows else {}
+                )
                 calibration = (
                     _calibration(
-                        cases, matured & in_stratum, settings, stratum, overall_calibration
+                        cases,
+                        members[(members >= calibrated_from) & (members < matured)],
+                        settings,
+                        stratum,
+                        overall_calibration,
                     )
                     if current is not None
                     else overall_calibration
                 )
                 for window, estimated in judged:
-                    selected = window.mask(cases.predicted_at) & in_stratum
-                    labelled = selected & (cases.label >= 0)
-                    total = int(selected.sum())
-                    if total == 0:
+                    selected = members[window.slice(times)]
+                    if selected.size == 0:
                         continue
-                    fraction = float(labelled.sum()) / total
+                    labelled = selected[cases.label[selected] >= 0]
+                    fraction = labelled.size / selected.size
                     if estimated:
                         metric_rows = _estimated_rows(
                             model, finding, stratum, cases.score[selected], settings, calibration
@@ -499,26 +578,16 @@ def run_performance(
                             settings,
                         )
                     for row in metric_rows:
-                        if row["metric"] in series:
-                            errors, times = series[row["metric"]]
-                            state = _cusum_state(
-                                model,
-                                finding,
-                                stratum,
-                                row["metric"],
-                                errors,
-                                times,
-                                window,
-                                settings,
-                            )
-                            if state is not None:
-                                row["details"] = {**row["details"], "cusum": state}
-                                if (
-                                    not estimated
-                                    and state["persistent"]
-                                    and row["status"] == PerformanceStatus.OK
-                                ):
-                                    row["status"] = PerformanceStatus.WARNING.value
+                        chart = None if estimated else charts.get(row["metric"])
+                        if chart is not None:
+                            state = chart.state(window)
+                            row["details"] = {**row["details"], "cusum": state}
+                            if (
+                                not estimated
+                                and state["persistent"]
+                                and row["status"] == PerformanceStatus.OK
+                            ):
+                                row["status"] = PerformanceStatus.WARNING.value
                         rows.append(
                             PerformanceCheckDraft(
                                 **row,

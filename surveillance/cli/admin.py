@@ -52,8 +52,14 @@ def db() -> None:
 @db.command("upgrade")
 @pass_app
 def db_upgrade(app: AppContext) -> None:
-    """Apply migrations up to head on the configured database."""
+    """Apply migrations up to head on the configured database.
+
+    On PostgreSQL it then creates the monthly prediction and embedding partitions up to three
+    months ahead (the retention job keeps them so; see deploy/OPERATIONS.md).
+    """
     from surveillance.store.migrations import current_revision, upgrade
+    from surveillance.store.partitions import MONTHS_AHEAD, PARTITIONED, add_months
+    from surveillance.store.types import utcnow
 
     store = app.store(require_current_schema=False)
     before = current_revision(store.engine)
@@ -63,6 +69,11 @@ def db_upgrade(app: AppContext) -> None:
         click.echo(f"{url}: already at {after}")
     else:
         click.echo(f"{url}: upgraded {before or 'empty database'} -> {after}")
+    now = utcnow()
+    for table in PARTITIONED:
+        created = store.partitions.ensure(add_months(now, MONTHS_AHEAD), since=now, table=table)
+        if created:
+            click.echo(f"{url}: {created} monthly {table} partition(s) created ahead")
     store.close()
 
 

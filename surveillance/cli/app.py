@@ -18,7 +18,7 @@ import click
 from rich.console import Console
 
 from surveillance.core.config import Settings, load_settings
-from surveillance.core.errors import SurveillanceError
+from surveillance.core.errors import SurveillanceError, UsageError
 from surveillance.store import Store
 
 err_console = Console(stderr=True)
@@ -72,6 +72,112 @@ def _jsonable(value: Any) -> Any:
 
 def print_json(value: Any) -> None:
     click.echo(json.dumps(_jsonable(value), indent=2, default=str))
+
+
+# ---- shared by the kafka and bench areas -------------------------------------------
+
+
+def require_postgres(app: AppContext, what: str) -> None:
+    """UsageError unless the database is PostgreSQL (``what``: the command, for the message)."""
+    if not app.settings.service.db_url.startswith(("postgresql", "postgres")):
+        raise UsageError(
+            f"{what} needs PostgreSQL: point --db-url (or SURVEILLANCE_DB_URL) at a "
+            "scratch PostgreSQL database"
+        )
+
+
+def registered_model(store: Store, name: str | None) -> Any:
+    """The registered model ``name`` (default: the first one), or UsageError."""
+    models = store.registry.models()
+    if not models:
+        raise UsageError("no model registered: run 'surveillance models load FILE' first")
+    model = next((m for m in models if m.name == name), None) if name else models[0]
+    if model is None:
+        raise UsageError(f"no model {name!r} registered ({', '.join(m.name for m in models)})")
+    return model
+
+
+def kafka_bootstrap(app: AppContext, bootstrap: str | None) -> str:
+    """``--bootstrap`` or ``[kafka] bootstrap``, or UsageError."""
+    value = bootstrap or app.settings.kafka.bootstrap
+    if not value:
+        raise UsageError(
+            "no Kafka bootstrap servers: pass --bootstrap host:port or set "
+            "SURVEILLANCE_KAFKA_BOOTSTRAP"
+        )
+    return value
+
+
+_consumer_options = [
+    click.option("--bootstrap", default=None, help="Kafka bootstrap servers (host:port,...)."),
+    click.option("--group", "group_id", default=None, help="Consumer group (default [kafka])."),
+    click.option(
+        "--writers", type=click.IntRange(1, 16), default=2, show_default=True,
+        help="Writer threads (each owns a share of the partitions).",
+    ),
+    click.option(
+        "--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True,
+        help="Records per transaction (a poll takes up to writers x this).",
+    ),
+    click.option(
+        "--session-timeout-ms", type=click.IntRange(1000, 3_600_000), default=10000,
+        show_default=True, help="Consumer-group session timeout.",
+    ),
+    click.option(
+        "--heartbeat-ms", type=click.IntRange(100, 600_000), default=3000, show_default=True,
+        help="Consumer-group heartbeat interval (below a third of the session timeout).",
+    ),
+    click.option(
+        "--check-crcs/--no-check-crcs", default=False, show_default=True,
+        help="Verify record CRC32C (slow in pure Python; install 'crc32c' first).",
+    ),
+]  # fmt: skip
+
+
+def with_consumer_options(func: Any) -> Any:
+    """The Kafka consumer's options (``kafka consume``, ``bench ingest``)."""
+    for option in reversed(_consumer_options):
+        func = option(func)
+    return func
+
+
+def kafka_service(
+    app: AppContext,
+    store: Store,
+    *,
+    bootstrap: str | None,
+    group_id: str | None,
+    writers: int,
+    batch_size: int,
+    session_timeout_ms: int,
+    heartbeat_ms: int,
+    check_crcs: bool,
+    topics: dict[str, str] | None = None,
+) -> Any:
+    """The Kafka intake service for :func:`with_consumer_options`' values."""
+    from surveillance.intake.ingest import Ingestor
+    from surveillance.intake.kafka import KafkaIngestService
+
+    if heartbeat_ms * 3 > session_timeout_ms:
+        raise UsageError(
+            f"--heartbeat-ms {heartbeat_ms} must be at most a third of "
+            f"--session-timeout-ms {session_timeout_ms}"
+        )
+    ingestor = Ingestor.for_settings(store, app.pseudonymizer(), app.settings)
+    ingestor.batch_size = batch_size
+    return KafkaIngestService(
+        store,
+        ingestor,
+        app.settings,
+        topics=topics,
+        group_id=group_id,
+        bootstrap=kafka_bootstrap(app, bootstrap),
+        writers=writers,
+        max_records=batch_size,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=heartbeat_ms,
+        check_crcs=check_crcs,
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

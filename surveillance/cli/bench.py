@@ -10,9 +10,17 @@
 * ``surveillance bench ingest-jsonl --messages N``: JSONL predictions only,
   JSONL with DICOM-JSON headers (studies/s), and the database write path
   beside a plain COPY of the same rows into an unindexed table, in one run.
+  Each file is also parsed once without writing (``intake_only_per_s``:
+  validation and pseudonyms alone), to show where the time goes.
+* ``surveillance bench ingest --messages N``: Kafka -> PostgreSQL end to end
+  beside a bare kafka-python consumer of the same topic and the same
+  consumer plus the intake's parsing without the database
+  (``consume_and_parse_msgs_per_s``), and a plain COPY of the same rows.
 
 They write into the database they are pointed at: use a scratch PostgreSQL
-database (``--db-url``).
+database (``--db-url``). ``ingest`` and ``ingest-jsonl`` delete their
+predictions and study skeletons afterwards; the header run's studies (with
+their metadata, sites and scanners) stay.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -30,30 +39,19 @@ from typing import Any
 
 import click
 
-from surveillance.cli.app import AppContext, group, pass_app, print_json
-from surveillance.core.errors import UsageError
+from surveillance.cli.app import (
+    AppContext,
+    group,
+    kafka_bootstrap,
+    kafka_service,
+    pass_app,
+    print_json,
+    registered_model,
+    require_postgres,
+    with_consumer_options,
+)
 
 PANEL_GOAL_MS = 200.0
-
-
-def _require_postgres(app: AppContext, what: str) -> None:
-    if not app.settings.service.db_url.startswith(("postgresql", "postgres")):
-        raise UsageError(
-            f"bench {what} needs PostgreSQL: point --db-url (or SURVEILLANCE_DB_URL) at a "
-            "scratch PostgreSQL database"
-        )
-
-
-def _model(app: AppContext, store: Any, model_name: str | None) -> Any:
-    models = store.registry.models()
-    if not models:
-        raise UsageError("no model registered: run 'surveillance models load FILE' first")
-    model = next((m for m in models if m.name == model_name), None) if model_name else models[0]
-    if model is None:
-        raise UsageError(
-            f"no model {model_name!r} registered ({', '.join(m.name for m in models)})"
-        )
-    return model
 
 
 def _build(
@@ -180,9 +178,9 @@ def bench_panels(
     model_name: str | None, random_page_cost: float | None, as_json: bool,
 ) -> None:  # fmt: skip
     """EXPLAIN ANALYZE every dashboard query (goal: < 200 ms each at 1M predictions)."""
-    _require_postgres(app, "panels")
+    require_postgres(app, "bench panels")
     store = app.store()
-    model = _model(app, store, model_name)
+    model = registered_model(store, model_name)
     now = datetime.now(UTC)
     built = _build(store, model, build, scanners, sites, days, now) if build else None
     panels = panel_figures(store, model.name, now, random_page_cost)
@@ -264,9 +262,9 @@ def bench_check(
     Goals (issue 11): first full check < 60 s wall, the next day's run < 5 s,
     peak RSS < 500 MB, at 1M predictions over 300 scanners.
     """
-    _require_postgres(app, "check")
+    require_postgres(app, "bench check")
     store = app.store()
-    model = _model(app, store, model_name)
+    model = registered_model(store, model_name)
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     built = None if no_build else _build(store, model, predictions, scanners, sites, days, today)
     store.close()
@@ -362,6 +360,25 @@ def _cpu() -> float:
     return usage.user + usage.system
 
 
+def _intake_only_seconds(ingestor: Any, path: Path) -> float:
+    """Seconds to read, parse, validate and pseudonymise ``path`` without writing it:
+    the intake's own share of ``ingest_jsonl`` (the rest is the database)."""
+    from connectors.records import parse_jsonl_line, read_jsonl_records
+    from surveillance.intake.ingest import MAX_LINE_BYTES, collector_spared
+    from surveillance.store import IngestBatch
+
+    known, bounds = ingestor.known_findings, ingestor.bounds
+    started = time.perf_counter()
+    with collector_spared():
+        batch = IngestBatch()
+        for raw in read_jsonl_records(path, max_bytes=MAX_LINE_BYTES):
+            event = parse_jsonl_line(raw.data, raw.position, bounds=bounds, known_findings=known)
+            ingestor.add(event, batch)
+            if len(batch) >= ingestor.batch_size:
+                batch = IngestBatch()
+    return time.perf_counter() - started
+
+
 @click.command("ingest-jsonl")
 @click.option(
     "--messages",
@@ -393,9 +410,9 @@ def bench_ingest_jsonl(
     from surveillance.store import IngestBatch
     from surveillance.store.domain import PredictionRecord
 
-    _require_postgres(app, "ingest-jsonl")
+    require_postgres(app, "bench ingest-jsonl")
     store = app.store()
-    model = _model(app, store, model_name)
+    model = registered_model(store, model_name)
     ingestor = Ingestor(store, app.pseudonymizer(), batch_size=batch_size)
     figures: dict[str, Any] = {"messages": messages, "batch_size": batch_size}
     tags = []
@@ -405,6 +422,7 @@ def bench_ingest_jsonl(
             tags.append(tag)
             path = Path(tmp) / f"{name}.jsonl"
             lines = _write_jsonl(path, messages, tag, model, headers=headers, scanners=300)
+            intake_s = _intake_only_seconds(ingestor, path)
             cpu0, wall0 = _cpu(), time.perf_counter()
             counts = ingestor.ingest_jsonl(path)  # what `surveillance ingest FILE` runs
             wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
@@ -416,6 +434,8 @@ def bench_ingest_jsonl(
                 "wall_seconds": round(wall, 2),
                 "cpu_seconds_this_process": round(cpu, 2),
                 "per_s": round(messages / wall),
+                "intake_only_seconds": round(intake_s, 2),
+                "intake_only_per_s": round(messages / intake_s),
                 "unit": "studies" if headers else "predictions",
                 "goal_per_s": 20_000 if headers else 50_000,
                 "met": messages / wall >= (20_000 if headers else 50_000),
@@ -452,8 +472,8 @@ def bench_ingest_jsonl(
             "rows": rows,
             "seconds": round(write_s, 3),
             "rows_per_s": round(rows / write_s),
-            "includes": "study skeletons (COPY -> temp -> INSERT ON CONFLICT), prediction COPY "
-            "in a savepoint, commit per batch",
+            "includes": "study skeletons (COPY -> temp -> INSERT ON CONFLICT), prediction_key "
+            "and prediction COPY in a savepoint, commit per batch",
             "plain_copy_rows": copied,
             "plain_copy_seconds": round(copy_s, 3),
             "plain_copy_rows_per_s": round(copied / copy_s),
@@ -473,12 +493,284 @@ def bench_ingest_jsonl(
         click.echo(json.dumps(figures, indent=2, default=str))
 
 
+# ---- ingest (Kafka) ----------------------------------------------------------------------
+
+
+@click.command("ingest")
+@click.option(
+    "--messages",
+    type=click.IntRange(1, 10_000_000),
+    default=100_000,
+    show_default=True,
+    help="Prediction messages to produce and ingest.",
+)
+@click.option(
+    "--partitions",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Partitions of the benchmark's own topic.",
+)
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="Registered model the messages name (default: the first one).",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1),
+    default=900.0,
+    show_default=True,
+    help="Give up after this many seconds of consuming.",
+)
+@click.option("--keep", is_flag=True, help="Keep the rows, offsets and topic afterwards.")
+@click.option("--json", "as_json", is_flag=True)
+@with_consumer_options
+@pass_app
+def bench_ingest(
+    app: AppContext, messages: int, partitions: int, model_name: str | None,
+    timeout: float, keep: bool, as_json: bool, **options: Any,
+) -> None:  # fmt: skip
+    """Kafka -> PostgreSQL predictions end to end, beside a plain COPY of the same rows.
+
+    Produces MESSAGES predictions to a new topic, consumes them with the
+    real intake (validation, pseudonyms, idempotent writes, offsets) and
+    times it beside a bare kafka-python consumer reading the same topic
+    (no decoding, no database) and the same consumer with the intake's
+    parsing but no database, in the same run; then COPYs the same rows into
+    an unindexed scratch table (the database yardstick). Writes into
+    the database it is pointed at and deletes its rows afterwards (unless
+    --keep): use a scratch database. Needs a broker and PostgreSQL.
+
+    Goal (issue 11): end to end >= 0.8x the bare consumer.
+    """
+    figures = _bench_ingest(app, messages, partitions, model_name, timeout, keep, options)
+    if as_json:
+        print_json(figures)
+    else:
+        click.echo(json.dumps(figures, indent=2))
+
+
+def _read_topic(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    messages: int,
+    timeout: float,
+    max_records: int,
+    check_crcs: bool,
+    handle: Any = None,
+) -> tuple[int, float]:
+    """A bare kafka-python consumer reading ``topic`` from the start: (records, seconds).
+
+    The yardstick for the intake's Kafka path: same client library, same fetch
+    sizes and poll size as :class:`connectors.kafka.KafkaSource`, no group,
+    no database; ``handle(topic_partition, messages)``, when given, runs on
+    each fetched list. Timed from the first record to the last.
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap.split(","),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_records,
+        fetch_max_bytes=32 << 20,
+        max_partition_fetch_bytes=4 << 20,
+        check_crcs=check_crcs,
+    )
+    try:
+        assigned = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning(*assigned)
+        count, first, last = 0, 0.0, 0.0
+        deadline = time.monotonic() + timeout
+        while count < messages and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=500, max_records=max_records).items():
+                if records and not first:
+                    first = time.perf_counter()
+                if handle is not None:
+                    handle(tp, records)
+                count += len(records)
+            last = time.perf_counter()
+    finally:
+        consumer.close()
+    return count, (last - first) if first else 0.0
+
+
+def _parse_only(ingestor: Any) -> Any:
+    """A :func:`_read_topic` handler: what a writer lane does before the database
+    (records, parsing, validation, pseudonyms into a batch), then drops the batch."""
+    from connectors.records import parse_json
+    from surveillance.core.events import RawRecord, SourcePosition
+    from surveillance.store import IngestBatch
+
+    known, bounds = ingestor.known_findings, ingestor.bounds
+
+    def handle(tp: Any, messages: list[Any]) -> None:
+        batch = IngestBatch()
+        for m in messages:
+            raw = RawRecord(
+                m.value, SourcePosition("kafka", tp.topic, tp.partition, m.offset), "prediction"
+            )
+            event = parse_json(
+                raw.data, "prediction", raw.position, bounds=bounds, known_findings=known
+            )
+            ingestor.add(event, batch)
+
+    return handle
+
+
+def _bench_ingest(
+    app: AppContext,
+    messages: int,
+    partitions: int,
+    model_name: str | None,
+    timeout: float,
+    keep: bool,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    from kafka import KafkaAdminClient, KafkaProducer
+    from kafka.admin import NewTopic
+    from kafka.errors import KafkaError
+
+    from surveillance.intake.ingest import collector_spared
+
+    require_postgres(app, "bench ingest (it compares with PostgreSQL COPY)")
+    bootstrap = kafka_bootstrap(app, options.get("bootstrap"))
+    store = app.store()
+    model = registered_model(store, model_name)
+    run = uuid.uuid4().hex[:12]
+    topic = f"surveillance-bench-{run}"
+    group_id = f"surveillance-bench-{run}"
+    prefix = f"bench-{run}-"
+    finding = sorted(model.findings)[0]
+    predicted_at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    payloads = [
+        json.dumps(
+            {
+                "message_id": f"{prefix}{i}",
+                "model": model.name,
+                "model_version": model.version,
+                "study_instance_uid": f"2.25.{int(run, 16)}.{i}",
+                "outputs": {finding: round((i * 7919 % 1000) / 1000, 3)},
+                "predicted_at": predicted_at,
+            },
+            separators=(",", ":"),
+        ).encode()
+        for i in range(messages)
+    ]
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+        try:
+            admin.create_topics([NewTopic(topic, partitions, 1)])
+        finally:
+            admin.close()
+        producer = KafkaProducer(
+            bootstrap_servers=bootstrap.split(","),
+            linger_ms=20,
+            batch_size=1 << 20,
+            max_request_size=8 << 20,
+            acks=1,
+        )
+    except KafkaError as exc:
+        raise click.ClickException(f"cannot reach Kafka at {bootstrap}: {exc}") from exc
+    try:
+        started = time.perf_counter()
+        for i, payload in enumerate(payloads):
+            producer.send(topic, payload, partition=i % partitions)
+        producer.flush()
+        produce_s = time.perf_counter() - started
+    finally:
+        producer.close()
+
+    read = (bootstrap, topic, partitions, messages, timeout)
+    # the yardsticks poll as much per call as the service does (writers x batch size)
+    batch, crcs = options["batch_size"] * options["writers"], options["check_crcs"]
+    bare_count, bare_s = _read_topic(*read, batch, crcs)
+    options = {**options, "group_id": group_id, "bootstrap": bootstrap}
+    service = kafka_service(app, store, topics={topic: "prediction"}, **options)
+    with collector_spared():
+        parsed_count, parsed_s = _read_topic(*read, batch, crcs, _parse_only(service.ingestor))
+    stop = threading.Event()
+    timer = threading.Timer(timeout, stop.set)
+    timer.daemon = True
+    timer.start()
+    consume_started = time.monotonic()
+    service.run(stop, until_caught_up=True)
+    done = time.monotonic()
+    timer.cancel()
+    health = service.health()
+    rows, distinct = store.bench.count_predictions(prefix)
+    first = service.first_record_at or done
+    ingest_s = done - first
+    copied, copy_s = store.bench.time_plain_copy(prefix, f"surveillance_bench_copy_{run}")
+    if not keep:
+        store.bench.delete_bench_rows(prefix)
+        store.events.forget_offsets(group_id)
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","))
+            try:
+                admin.delete_topics([topic])
+            finally:
+                admin.close()
+        except KafkaError:
+            pass  # a broker without topic deletion keeps a small bench topic
+    ingest_rate = rows / ingest_s if ingest_s > 0 else None
+    copy_rate = copy_s and copied / copy_s
+    bare_rate = bare_count / bare_s if bare_s > 0 else None
+    parsed_rate = parsed_count / parsed_s if parsed_s > 0 else None
+    return {
+        "messages": messages,
+        "partitions": partitions,
+        "message_bytes": len(payloads[0]),
+        "rows_stored": rows,
+        "duplicates": rows - distinct,
+        "dead_letters": health.counts.dead_letters,
+        "complete": rows == messages,
+        "produce_seconds": round(produce_s, 3),
+        "produce_msgs_per_s": round(messages / produce_s),
+        "group_join_seconds": round(first - consume_started, 3),
+        "ingest_seconds": round(ingest_s, 3),
+        "ingest_msgs_per_s": None if ingest_rate is None else round(ingest_rate),
+        "ingest_msgs_per_s_with_join": round(rows / (done - consume_started)),
+        "bare_consumer_msgs": bare_count,
+        "bare_consumer_seconds": round(bare_s, 3),
+        "bare_consumer_msgs_per_s": None if bare_rate is None else round(bare_rate),
+        "consume_and_parse_msgs": parsed_count,
+        "consume_and_parse_seconds": round(parsed_s, 3),
+        "consume_and_parse_msgs_per_s": None if parsed_rate is None else round(parsed_rate),
+        "ingest_to_bare_consumer_ratio": (
+            None if not ingest_rate or not bare_rate else round(ingest_rate / bare_rate, 3)
+        ),
+        "consume_and_parse_to_bare_consumer_ratio": (
+            None if not parsed_rate or not bare_rate else round(parsed_rate / bare_rate, 3)
+        ),
+        "goal_ingest_to_bare_consumer_ratio": 0.8,
+        "copy_rows": copied,
+        "copy_seconds": round(copy_s, 3),
+        "copy_rows_per_s": None if not copy_rate else round(copy_rate),
+        "ingest_to_copy_ratio": (
+            None if not ingest_rate or not copy_rate else round(ingest_rate / copy_rate, 3)
+        ),
+        "writers": options["writers"],
+        "batch_size": options["batch_size"],
+        "check_crcs": options["check_crcs"],
+        "cpu_count": os.cpu_count(),
+        "database": store.engine.url.render_as_string(hide_password=True),
+        "kept": keep,
+    }
+
+
 def register(cli: click.Group) -> None:
     """Attach this area's commands to the root group."""
     bench = group("bench", "Benchmarks that print JSON figures for sizing a site.")
     bench.add_command(bench_panels)
     bench.add_command(bench_check)
     bench.add_command(bench_ingest_jsonl)
+    bench.add_command(bench_ingest)
 
 
 __all__ = ["panel_figures", "register"]

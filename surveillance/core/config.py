@@ -208,6 +208,11 @@ class DriftConfig(_Strict):
         default=20,
         description="Fewest studies with images per side for the image:* and embedding tests",
     )
+    worker_poll_seconds: Annotated[float, Field(ge=0)] = Field(
+        default=5.0,
+        description="How often every replica's check worker looks for queued drift windows "
+        "to judge (0: this replica judges only the windows of its own runs)",
+    )
 
 
 class PerformanceConfig(_Strict):
@@ -224,6 +229,11 @@ class PerformanceConfig(_Strict):
         default=365.0,
         description="CUSUM in-control average run length in days of expected volume "
         "(one false alarm a year by default)",
+    )
+    calibration_days: Annotated[int, Field(ge=1)] = Field(
+        default=30,
+        description="The label-free estimates are calibrated on the matured, labelled cases "
+        "of this many days before the maturity horizon",
     )
     strata: list[Literal["overall", "site", "scanner", "sex", "age_band"]] = [
         "overall",
@@ -333,6 +343,21 @@ class RetentionConfig(_Strict):
     dead_letter_days: Annotated[int, Field(ge=1)] = 180
     job_run_days: Annotated[int, Field(ge=1)] = 400
     failed_spool_days: Annotated[int, Field(ge=1)] = 30
+    #: Months of predictions kept on PostgreSQL: the retention job detaches and
+    #: drops the monthly partitions that end on or before the start of the month
+    #: this many months before the current one (so at least this many whole months
+    #: stay, plus the current one). Default None: keep forever. Predictions are
+    #: PMS evidence: the MDR (Art. 10(8), Annex IX §8) expects the technical
+    #: documentation, PMS data included, to be kept for at least the device's
+    #: lifetime and 10 years after the last device is placed on the market; set
+    #: it only from your QMS's retention rule. Example: ``prediction_months = 180``.
+    #: SQLite: ignored.
+    prediction_months: Annotated[int, Field(ge=1)] | None = None
+    #: Months of embeddings kept on PostgreSQL (by ``created_at``), the same way.
+    #: Default None: keep forever. Embeddings can be recomputed only while the
+    #: images exist; drop them once the period's drift checks are recorded.
+    #: Example: ``embedding_months = 24``. SQLite: ignored.
+    embedding_months: Annotated[int, Field(ge=1)] | None = None
 
 
 class SchedulesConfig(_Strict):

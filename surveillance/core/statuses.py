@@ -66,6 +66,15 @@ class JobRunStatus(StrEnum):
     ABANDONED = "abandoned"
 
 
+class CheckUnitStatus(StrEnum):
+    """A drift window queued for judging (``check_unit``), claimed by any replica."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
 class DeliveryStatus(StrEnum):
     PENDING = "pending"
     DELIVERED = "delivered"

@@ -347,12 +347,11 @@ def apply_policy(
 ) -> PolicyOutcome:
     """Open or update one incident per root cause of ``model`` (module docstring)."""
     since = now - POLICY_HORIZON
-    drift = {c.id: c for c in store.checks.drift(model.id, start=since)} | {
-        c.id: c for c in drift_checks
-    }
-    perf = {c.id: c for c in store.checks.performance(model.id, start=since)} | {
-        c.id: c for c in performance_checks
-    }
+    # the stored series that flagged in the horizon (whole), and this run's checks
+    stored_drift = store.checks.drift(model.id, start=since, flagged_series=True)
+    stored_perf = store.checks.performance(model.id, start=since, flagged_series=True)
+    drift = {c.id: c for c in stored_drift} | {c.id: c for c in drift_checks}
+    perf = {c.id: c for c in stored_perf} | {c.id: c for c in performance_checks}
     roots = find_roots(signals_for(model, list(drift.values()), list(perf.values()), settings))
     opened: list[Incident] = []
     updated: list[Incident] = []

@@ -9,6 +9,14 @@ next offsets commit in one transaction. While one writer waits on PostgreSQL
 the poll thread decodes the next batch, which is where the throughput comes
 from on a small machine.
 
+Batch sizes (issue 11): ``max_records`` is the most records one writer
+commits in one transaction; a poll takes up to ``writers x max_records``, so
+each writer's share of a poll is a full transaction, not a fraction of one
+(per-transaction work, the commit and the study upsert, is what a small
+transaction pays for). The poll loop keeps no per-record state: partitions
+arrive as lists in offset order, so their first and last offsets are read at
+the ends (:meth:`connectors.kafka.KafkaSource.poll_partitions`).
+
 Failures never end the loop:
 
 * a database error (:class:`~surveillance.core.errors.StoreError`) makes the writer
@@ -40,7 +48,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -56,7 +64,7 @@ from surveillance.core.config import Settings
 from surveillance.core.errors import ConfigError, InvalidRecord, StoreError
 from surveillance.core.events import Event, RawRecord
 from surveillance.core.statuses import Severity, SignalKind, VigilanceClass
-from surveillance.intake.ingest import Ingestor
+from surveillance.intake.ingest import Ingestor, collector_spared
 from surveillance.store import IngestBatch, IngestCounts, Store
 from surveillance.store.domain import DeadLetter
 from surveillance.store.incidents import IncidentSignal
@@ -223,7 +231,7 @@ class KafkaIngestService:
             self.topics,
             self._lookup_offsets,
             on_revoke=self._on_revoke,
-            max_records=self.max_records,
+            max_records=self.max_records * len(self._lanes),  # one transaction per writer
             poll_timeout_ms=self.poll_timeout_ms,
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
@@ -275,8 +283,13 @@ class KafkaIngestService:
         topic_index = sorted(self.topics).index(key[0]) if key[0] in self.topics else 0
         return self._lanes[(key[1] + topic_index) % len(self._lanes)]
 
-    def _write(self, records: list[RawRecord]) -> IngestCounts:
-        """Runs on a writer thread: retries the same records until they are stored."""
+    def _write(
+        self, records: list[RawRecord], next_offsets: Mapping[PartitionKey, int]
+    ) -> IngestCounts:
+        """Runs on a writer thread: retries the same records until they are stored.
+
+        ``next_offsets``: per partition, the offset after the last of ``records``.
+        """
         delay = self.backoff_initial_s
         while True:
             if self._stop.is_set():
@@ -289,18 +302,17 @@ class KafkaIngestService:
                     raise _Stopped from exc
                 delay = min(delay * 2, self.backoff_max_s)
                 continue
-            self._written(records, counts)
+            self._written(len(records), counts, next_offsets)
             return counts
 
-    def _written(self, records: Sequence[RawRecord], counts: IngestCounts) -> None:
+    def _written(
+        self, records: int, counts: IngestCounts, next_offsets: Mapping[PartitionKey, int]
+    ) -> None:
         with self._lock:
-            for raw in records:
-                p = raw.position
-                if p.partition is not None and p.offset is not None:
-                    key = (p.locator, p.partition)
-                    if p.offset + 1 > self._stored.get(key, -1):
-                        self._stored[key] = p.offset + 1
-            self._records_written += len(records)
+            for key, offset in next_offsets.items():
+                if offset > self._stored.get(key, -1):
+                    self._stored[key] = offset
+            self._records_written += records
             self._counts += counts
             self._failures = 0
             self._last_write_at = utcnow()
@@ -315,17 +327,19 @@ class KafkaIngestService:
             self._last_error_at = utcnow()
             self._state = "backing-off"
 
-    def _dispatch(self, records: list[RawRecord]) -> None:
-        by_partition: dict[PartitionKey, list[RawRecord]] = defaultdict(list)
-        for raw in records:
-            by_partition[(raw.position.locator, raw.position.partition or 0)].append(raw)
-        by_lane: dict[int, list[RawRecord]] = defaultdict(list)
-        for key, part in by_partition.items():
-            by_lane[id(self._lane_for(key))].extend(part)
+    def _dispatch(self, batches: Mapping[PartitionKey, Sequence[RawRecord]]) -> None:
+        """Hand each partition's records to its lane (whole partitions, no pass per record)."""
+        by_lane: dict[int, tuple[list[RawRecord], dict[PartitionKey, int]]] = {}
+        for key, part in batches.items():
+            records, next_offsets = by_lane.setdefault(id(self._lane_for(key)), ([], {}))
+            records.extend(part)
+            last = part[-1].position.offset
+            if last is not None:
+                next_offsets[key] = last + 1
         for lane in self._lanes:
-            batch = by_lane.get(id(lane))
-            if batch:
-                lane.pending.append(lane.executor.submit(self._write, batch))
+            entry = by_lane.get(id(lane))
+            if entry is not None:
+                lane.pending.append(lane.executor.submit(self._write, *entry))
 
     def _backlogged(self) -> bool:
         for lane in self._lanes:
@@ -361,12 +375,13 @@ class KafkaIngestService:
         elif self._paused:
             source.resume()
             self._paused = False
-        records = source.poll(timeout_ms)
-        if records:
-            self._check_positions(records)
+        batches = source.poll_partitions(timeout_ms)
+        polled = sum(map(len, batches.values()))
+        if polled:
+            self._check_positions(batches)
             if self._first_record_at is None:
                 self._first_record_at = time.monotonic()
-            self._dispatch(records)
+            self._dispatch(batches)
         with self._lock:
             if self._state in ("starting", "paused", "running"):
                 self._state = "paused" if self._paused else "running"
@@ -377,7 +392,7 @@ class KafkaIngestService:
         if now >= self._next_models_refresh:
             self._next_models_refresh = now + self.refresh_models_s
             self.ingestor.refresh_models()  # a model registered since start stops dead-lettering
-        return len(records)
+        return polled
 
     def refresh_end_offsets(self) -> None:
         if self._source is None:
@@ -442,14 +457,13 @@ class KafkaIngestService:
             self._offset_out_of_range(key, why, restart_at=start)
         return found
 
-    def _check_positions(self, records: Sequence[RawRecord]) -> None:
+    def _check_positions(self, batches: Mapping[PartitionKey, Sequence[RawRecord]]) -> None:
         """Records below the stored offset: the broker reset the position itself."""
         lowest: dict[PartitionKey, int] = {}
-        for raw in records:
-            p = raw.position
-            if p.partition is not None and p.offset is not None:
-                key = (p.locator, p.partition)
-                lowest[key] = min(lowest.get(key, p.offset), p.offset)
+        for key, part in batches.items():  # each in offset order: the first is the lowest
+            offset = part[0].position.offset if part else None
+            if offset is not None:
+                lowest[key] = offset
         with self._lock:
             reset = {
                 k: (o, self._stored[k]) for k, o in lowest.items() if o < self._stored.get(k, -1)
@@ -505,6 +519,10 @@ class KafkaIngestService:
         """Consume until ``stop`` is set (or, with ``until_caught_up``, no lag is left)."""
         stop = stop or threading.Event()
         delay = self.backoff_initial_s
+        with collector_spared():
+            self._run(stop, delay, until_caught_up)
+
+    def _run(self, stop: threading.Event, delay: float, until_caught_up: bool) -> None:
         try:
             while not stop.is_set() and not self._stop.is_set():
                 try:

@@ -30,6 +30,7 @@ LOG = logging.getLogger(__name__)
 KEY_BYTES = 32
 MIN_KEY_BYTES = 16
 AUDIT_KEY_CONTEXT = b"surveillance audit chain v1"
+MEMO_SIZE = 4096  # remembered pseudonyms of repeating identifiers (Pseudonymizer.repeated)
 
 
 def check_key_file_permissions(path: Path, *, mode: str = "production") -> None:
@@ -110,11 +111,24 @@ class Pseudonymizer:
         # Keyed once: HMAC's key schedule (two SHA-256 blocks) is computed here,
         # and each pseudonym copies the keyed state instead of re-keying.
         self._keyed = hmac.new(key, digestmod=hashlib.sha256)
+        self._memo: dict[tuple[str, str], str] = {}
 
     def __call__(self, kind: str, value: str) -> str:
         mac = self._keyed.copy()
         mac.update(f"{kind}:{value.strip()}".encode())
         return mac.hexdigest()
+
+    def repeated(self, kind: str, value: str) -> str:
+        """The same pseudonym, remembered for the few thousand values that repeat on
+        nearly every record (institution and station names: one per scanner, not
+        per patient). Bounded: the memo is emptied when it is full."""
+        key = (kind, value)
+        digest = self._memo.get(key)
+        if digest is None:
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            digest = self._memo[key] = self(kind, value)
+        return digest
 
     def optional(self, kind: str, value: str | None) -> str | None:
         return None if value is None or not value.strip() else self(kind, value)

@@ -18,7 +18,11 @@ alert_retries schedules.          queue missing pages and resolve messages, retr
 retention     schedules.retention delete old dead letters, finished job runs no check
                                   refers to, spool files that could not be embedded and
                                   orphaned spool files ([retention] days). Never
-                                  predictions, checks, incidents or the audit log.
+                                  checks, incidents or the audit log. PostgreSQL:
+                                  create the monthly prediction/embedding
+                                  partitions ahead, and drop whole partitions
+                                  older than [retention] prediction_months /
+                                  embedding_months (default: never).
 quarterly_    schedules.          ``surveillance.outputs.reports.pms.write_quarterly`` for the
 report        quarterly_report    quarter that just ended, every model, under
                                   ``[reports] out_dir`` (default ``reports/``); each
@@ -45,6 +49,7 @@ from surveillance.core.errors import ConfigError
 from surveillance.incidents.alerts.delivery import process_alerts
 from surveillance.scheduling.scheduler import JobSpec
 from surveillance.store import Store
+from surveillance.store.partitions import MONTHS_AHEAD, add_months
 from surveillance.store.types import utcnow
 
 LOG = logging.getLogger(__name__)
@@ -131,14 +136,45 @@ def retention_job(ctx: JobContext, scheduled_for: datetime, run_id: int) -> None
     sweep = _optional("surveillance.intake.dicom", "sweep_spool")
     if sweep is not None and spool_dir.is_dir():
         orphans = int(getattr(sweep(store, spool_dir), "orphans_removed", 0))
+    partitions = partition_maintenance(
+        store, scheduled_for, days.prediction_months, days.embedding_months
+    )
     LOG.info(
         "retention: %d dead letter(s), %d job run(s), %d failed spool file(s), "
-        "%d orphaned spool file(s) removed",
+        "%d orphaned spool file(s), %d monthly partition(s) removed",
         letters,
         runs,
         removed,
         orphans,
+        partitions,
     )
+
+
+def partition_maintenance(
+    store: Store, now: datetime, keep_months: int | None, embedding_months: int | None = None
+) -> int:
+    """Monthly partitions (PostgreSQL) of prediction and embedding: create them
+    ``MONTHS_AHEAD`` months ahead (adopting months found in a DEFAULT partition),
+    then drop the whole partitions that end on or before the start of the month
+    ``keep_months`` (prediction) / ``embedding_months`` (embedding) months before
+    ``now``; None keeps everything. Returns how many were dropped; no-op on SQLite.
+    """
+    dropped = []
+    for table, keep in (("prediction", keep_months), ("embedding", embedding_months)):
+        created = store.partitions.ensure(add_months(now, MONTHS_AHEAD), since=now, table=table)
+        gone = []
+        if keep is not None:
+            gone = store.partitions.drop_before(add_months(now, -keep), actor=ACTOR, table=table)
+        if created or gone:
+            LOG.info(
+                "%s partitions: %d created ahead, %d dropped (%s)",
+                table,
+                created,
+                len(gone),
+                ", ".join(p.name for p in gone) or "none",
+            )
+        dropped += gone
+    return len(dropped)
 
 
 def quarter_ending(moment: datetime) -> str:
@@ -229,6 +265,7 @@ __all__ = [
     "build_jobs",
     "drift_job",
     "embeddings_job",
+    "partition_maintenance",
     "performance_job",
     "quarter_ending",
     "quarterly_report_job",

@@ -3,7 +3,9 @@
 Which ones run follows the configuration: the Kafka consumer when
 ``[kafka] bootstrap`` is set, the C-STORE receiver when ``[dicom] receive`` is
 true, the drop-folder watcher when ``[dicom] drop_folder`` is set, and the
-``/healthz`` ``/readyz`` ``/metrics`` server when ``[service] http_listen`` is set. Each
+``/healthz`` ``/readyz`` ``/metrics`` server when ``[service] http_listen`` is set,
+and in every replica the check worker that judges queued drift windows
+(unless ``[drift] worker_poll_seconds = 0``). Each
 service has ``start()`` (returns at once) and ``stop()``; the daemon starts them
 in order and stops them in reverse.
 """
@@ -93,6 +95,50 @@ class KafkaConsumerService:
         self._thread.join(timeout=30)
 
 
+class CheckWorkerService:
+    """Judges queued drift windows (check work units) in every replica.
+
+    The leader's drift job queues the windows it has to judge and works on
+    them itself; this worker, running in every replica, claims the same queue
+    (``FOR UPDATE SKIP LOCKED``), so standbys share a large history's windows
+    instead of idling. Every ``[drift] worker_poll_seconds`` it claims units
+    until none is pending; an error is logged and the unit marked failed (the
+    run that queued it reports it).
+    """
+
+    name = "check-worker"
+
+    def __init__(self, store: Store, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self.judged = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="check-worker", daemon=True)
+
+    def _run(self) -> None:
+        from surveillance.analysis.drift import work_drift_units
+
+        poll = self.settings.drift.worker_poll_seconds
+        while not self._stop.wait(poll):
+            try:
+                while not self._stop.is_set():
+                    checks = work_drift_units(self.store, self.settings.drift, max_units=1)
+                    if not checks:
+                        break
+                    self.judged += 1
+            except Exception:
+                LOG.exception("check worker: a drift window failed")
+
+    def start(self) -> None:
+        if self.settings.drift.worker_poll_seconds > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
+
+
 def daemon_services(store: Store, settings: Settings, pseudonymizer: Pseudonymizer) -> list[Any]:
     """The connector services the configuration asks for (the scheduler is added by the caller).
 
@@ -104,6 +150,7 @@ def daemon_services(store: Store, settings: Settings, pseudonymizer: Pseudonymiz
         from surveillance.scheduling.health import HealthServer
 
         services.append(HealthServer(store, settings, settings.service.http_listen))
+    services.append(CheckWorkerService(store, settings))
     if settings.kafka.bootstrap:
         from surveillance.intake.kafka import KafkaIngestService, topic_kinds
 
@@ -141,4 +188,10 @@ def daemon_services(store: Store, settings: Settings, pseudonymizer: Pseudonymiz
     return services
 
 
-__all__ = ["KafkaConsumerService", "daemon_services", "dicom_receiver", "dicom_ssl_context"]
+__all__ = [
+    "CheckWorkerService",
+    "KafkaConsumerService",
+    "daemon_services",
+    "dicom_receiver",
+    "dicom_ssl_context",
+]

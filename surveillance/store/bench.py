@@ -26,6 +26,7 @@ from sqlalchemy import delete, func, select
 
 from surveillance.store.base import Repository
 from surveillance.store.models import (
+    PredictionKeyRow,
     PredictionRow,
     StudyRow,
 )
@@ -93,6 +94,10 @@ class BenchRepository(Repository):
         tag: str,
         seed: int = 11,
         labelled_fraction: float = 0.6,
+        kvp_sd: float = 0.0,
+        shift_from: datetime | None = None,
+        age_band_shift: float = 0.0,
+        kvp_shift: float = 0.0,
     ) -> SyntheticFigures:
         """COPY a synthetic history ending at ``end`` into the database.
 
@@ -103,6 +108,11 @@ class BenchRepository(Repository):
         of the studies older than two weeks, confirmed 7-30 days after the
         study. Message ids and pseudonyms carry ``tag``, so two builds never
         collide. Seeded: the same arguments write the same values.
+
+        ``kvp_sd`` adds measurement noise to the nominal 100/120 kV. From
+        ``shift_from`` on, a small change can be injected (the detection
+        evidence of issue 9): ``age_band_shift`` of the studies move to the
+        70-79 band and ``kvp_shift`` kV is added to every study's kVp.
         """
         rng = np.random.default_rng(seed)
         started = time.perf_counter()
@@ -153,6 +163,14 @@ class BenchRepository(Repository):
                 sex = np.where(rng.random(n_studies) < 0.5, "F", "M")
                 ages = np.clip(rng.normal(58, 16, n_studies), 18, 99).astype(int)
                 kvp = np.where(rng.random(n_studies) < 0.7, 120.0, 100.0)
+                kvp = kvp + rng.normal(0.0, kvp_sd, n_studies) if kvp_sd > 0 else kvp
+                if shift_from is not None:
+                    after = studied >= np.datetime64(
+                        shift_from.astimezone(end.tzinfo).replace(tzinfo=None), "us"
+                    )
+                    moved = after & (rng.random(n_studies) < age_band_shift)
+                    ages = np.where(moved, 75, ages)
+                    kvp = np.where(after, kvp + kvp_shift, kvp)
                 positive = rng.random(n_studies) < 0.15
                 study_ids = study0 + 1 + np.arange(n_studies)
                 tz = end.tzinfo
@@ -218,8 +236,25 @@ class BenchRepository(Repository):
                     for i in range(n_studies)
                     for f in range(n_find)
                 )
+                # Monthly partitions for the whole history first (0010), so the rows
+                # land in them rather than in the DEFAULT partition.
+                cur.execute(
+                    "SELECT surveillance_ensure_partitions('prediction', %s, %s)",
+                    [start, moment(predicted[-1])],
+                )
                 self._copy(
                     cur, "prediction", _PREDICTION_COLUMNS, _PREDICTION_TYPES, prediction_rows
+                )
+                self._copy(
+                    cur,
+                    "prediction_key",
+                    ("message_id", "finding", "predicted_at"),
+                    ("text", "text", "timestamptz"),
+                    (
+                        (f"bench-{tag}-{i}", findings[f], moment(predicted[i]))
+                        for i in range(n_studies)
+                        for f in range(n_find)
+                    ),
                 )
                 cutoff = np.datetime64((end - timedelta(days=14)).replace(tzinfo=None), "us")
                 labelled = np.flatnonzero(
@@ -260,7 +295,14 @@ class BenchRepository(Repository):
             conn.commit()
             conn.autocommit = True
             try:
-                for table in ("site", "device", "study", "prediction", "diagnosis"):
+                for table in (
+                    "site",
+                    "device",
+                    "study",
+                    "prediction",
+                    "prediction_key",
+                    "diagnosis",
+                ):
                     conn.execute(f"VACUUM (ANALYZE) {table}")
             finally:
                 conn.autocommit = False
@@ -463,12 +505,17 @@ class BenchRepository(Repository):
                     .returning(PredictionRow.study_id)
                 )
             )
+            s.execute(
+                delete(PredictionKeyRow).where(
+                    PredictionKeyRow.message_id.startswith(message_prefix, autoescape=True)
+                )
+            )
             for start in range(0, len(study_ids), 5000):
                 part = study_ids[start : start + 5000]
                 s.execute(
                     delete(StudyRow).where(StudyRow.id.in_(part), StudyRow.has_metadata.is_(False))
                 )
-        self._vacuum(("prediction", "study"))
+        self._vacuum(("prediction", "prediction_key", "study"))
         return len(study_ids)
 
     def _vacuum(self, tables: Sequence[str]) -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, or_, select
+import pandas as pd
+import psycopg
+from sqlalchemy import case, func, or_, select, tuple_
+from sqlalchemy.orm import Session
 
+from surveillance.core.statuses import DriftStatus, PerformanceStatus
 from surveillance.store import audit
 from surveillance.store.base import Repository
 from surveillance.store.convert import drift_check, performance_check
@@ -62,32 +67,49 @@ class ChecksRepository(Repository):
         finding: str,
         start: datetime | None = None,
         end: datetime | None = None,
+        *,
+        fields: Sequence[str] | None = None,
     ) -> CaseTable:
-        """Predictions for one finding in [start, end), with metadata and latest labels."""
-        stmt = (
-            select(
-                PredictionRow.study_id,
-                PredictionRow.score,
-                PredictionRow.predicted_at,
-                SiteRow.label,
-                DeviceRow.label,
-                *(getattr(StudyRow, f) for f in CATEGORICAL_FIELDS),
-                *(getattr(StudyRow, f) for f in NUMERIC_FIELDS),
-            )
-            .join(StudyRow, StudyRow.id == PredictionRow.study_id)
-            .outerjoin(SiteRow, SiteRow.id == StudyRow.site_id)
-            .outerjoin(DeviceRow, DeviceRow.id == StudyRow.device_id)
-            .where(PredictionRow.model_id == model_id, PredictionRow.finding == finding)
-            .order_by(PredictionRow.predicted_at)
-        )
+        """Predictions for one finding in [start, end), with metadata and latest labels.
+
+        ``fields`` limits the header fields loaded (categorical and numeric; all
+        when None): the performance job reads the whole labelled history and
+        needs none of them, so it keeps ~35 bytes a case. Site and scanner
+        labels are shared string objects (looked up from their ids), and rows
+        are read in chunks, so a case costs no Python row object once loaded.
+        """
+        wanted = set(CATEGORICAL_FIELDS + NUMERIC_FIELDS) if fields is None else set(fields)
+        categorical_fields = [f for f in CATEGORICAL_FIELDS if f in wanted]
+        numeric_fields = [f for f in NUMERIC_FIELDS if f in wanted]
         in_range = [PredictionRow.model_id == model_id, PredictionRow.finding == finding]
         if start is not None:
             in_range.append(PredictionRow.predicted_at >= start)
         if end is not None:
             in_range.append(PredictionRow.predicted_at < end)
-        stmt = stmt.where(*in_range)
+        stmt = (
+            select(
+                PredictionRow.study_id,
+                PredictionRow.score,
+                PredictionRow.predicted_at,
+                StudyRow.site_id,
+                StudyRow.device_id,
+                *(getattr(StudyRow, f) for f in categorical_fields),
+                *(getattr(StudyRow, f) for f in numeric_fields),
+            )
+            .join(StudyRow, StudyRow.id == PredictionRow.study_id)
+            .where(*in_range)
+            .order_by(PredictionRow.predicted_at)
+        )
+        if self._sessions.engine.dialect.name == "postgresql":
+            return self._pg_case_table(
+                model_id, finding, start, end, categorical_fields, numeric_fields
+            )
         with self._sessions.scope() as s:
-            rows = s.execute(stmt).all()
+            sites = {i: label for i, label in s.execute(select(SiteRow.id, SiteRow.label))}
+            devices = {i: label for i, label in s.execute(select(DeviceRow.id, DeviceRow.label))}
+            parts: list[list[Sequence[Any]]] = []
+            for chunk in s.execute(stmt.execution_options(yield_per=20_000)).partitions():
+                parts.append(list(zip(*chunk, strict=True)))
             labels: dict[int, tuple[bool, datetime]] = {}
             dx = s.execute(  # only the labels of the studies selected above
                 select(DiagnosisRow.study_id, DiagnosisRow.present, DiagnosisRow.confirmed_at)
@@ -100,46 +122,201 @@ class ChecksRepository(Repository):
             )
             for study_id, present, confirmed_at in dx:
                 labels[study_id] = (present, confirmed_at)  # the latest confirmation wins
-        n = len(rows)
-        columns = (
-            list(zip(*rows, strict=True))
-            if rows
-            else [()] * (5 + len(CATEGORICAL_FIELDS) + len(NUMERIC_FIELDS))
-        )
-        study_ids = columns[0]
+        width = 5 + len(categorical_fields) + len(numeric_fields)
+
+        def column(i: int) -> list[Any]:
+            out: list[Any] = []
+            for part in parts:
+                out.extend(part[i])
+            return out
+
+        study_ids = np.asarray(column(0), dtype=np.int64)
+        n = int(study_ids.size)
         label = np.full(n, -1, dtype=np.int8)
         confirmed = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
-        for i, study_id in enumerate(study_ids):
-            found = labels.get(study_id)
-            if found is not None:
-                label[i] = 1 if found[0] else 0
-                confirmed[i] = np.datetime64(found[1].replace(tzinfo=None), "us")
+        if labels:
+            for i, study_id in enumerate(study_ids.tolist()):
+                found = labels.get(study_id)
+                if found is not None:
+                    label[i] = 1 if found[0] else 0
+                    confirmed[i] = np.datetime64(found[1].replace(tzinfo=None), "us")
+        interned: dict[Any, str] = {None: NO_METADATA}
 
         def text(values: Sequence[Any]) -> np.ndarray:
-            return np.array([NO_METADATA if v is None else str(v) for v in values], dtype=object)
+            # one string object per distinct value, not one per case
+            out = np.empty(len(values), dtype=object)
+            for i, v in enumerate(values):
+                got = interned.get(v)
+                if got is None:
+                    got = interned[v] = str(v)
+                out[i] = got
+            return out
 
-        offset = 5
-        categorical = {f: text(columns[offset + i]) for i, f in enumerate(CATEGORICAL_FIELDS)}
-        offset += len(CATEGORICAL_FIELDS)
+        def labelled(ids: Sequence[Any], names: dict[int, str]) -> np.ndarray:
+            return text([None if i is None else names.get(i) for i in ids])
+
+        categorical = {f: text(column(5 + i)) for i, f in enumerate(categorical_fields)}
+        offset = 5 + len(categorical_fields)
         numeric = {
-            f: np.array(
-                [np.nan if v is None else float(v) for v in columns[offset + i]], dtype=float
-            )
-            for i, f in enumerate(NUMERIC_FIELDS)
+            f: np.array([np.nan if v is None else v for v in column(offset + i)], dtype=float)
+            for i, f in enumerate(numeric_fields)
         }
+        assert offset + len(numeric_fields) == width
         return CaseTable(
-            score=np.asarray(columns[1], dtype=float),
+            score=np.asarray(column(1), dtype=float),
             predicted_at=np.array(
-                [np.datetime64(t.replace(tzinfo=None), "us") for t in columns[2]],
-                dtype="datetime64[us]",
+                [t.replace(tzinfo=None) for t in column(2)], dtype="datetime64[us]"
             ),
-            site=text(columns[3]),
-            scanner=text(columns[4]),
+            site=labelled(column(3), sites),
+            scanner=labelled(column(4), devices),
             label=label,
             confirmed_at=confirmed,
             categorical=categorical,
             numeric=numeric,
         )
+
+    def _pg_case_table(
+        self,
+        model_id: int,
+        finding: str,
+        start: datetime | None,
+        end: datetime | None,
+        categorical_fields: Sequence[str],
+        numeric_fields: Sequence[str],
+    ) -> CaseTable:
+        """:meth:`case_table` on PostgreSQL: COPY out, parsed by pandas (same result)."""
+        where = ["p.model_id = %s", "p.finding = %s"]
+        params: list[Any] = [model_id, finding]
+        if start is not None:
+            where.append("p.predicted_at >= %s")
+            params.append(start)
+        if end is not None:
+            where.append("p.predicted_at < %s")
+            params.append(end)
+        condition = " AND ".join(where)
+        epoch_us = "(extract(epoch FROM {}) * 1000000)::bigint"
+        columns = [
+            "p.study_id",
+            "p.score",
+            epoch_us.format("p.predicted_at"),
+            "coalesce(s.site_id, 0)",  # ids, mapped to labels below: no string per case
+            "coalesce(s.device_id, 0)",
+            *(f"coalesce(s.{f}, %s)" for f in categorical_fields),
+            *(f"s.{f}" for f in numeric_fields),
+        ]
+        fill = [NO_METADATA] * len(categorical_fields)
+        names = ["study_id", "score", "at", "site", "scanner", *categorical_fields]
+        names += numeric_fields
+        cases_sql = (
+            f"SELECT {', '.join(columns)} FROM prediction p "
+            "JOIN study s ON s.id = p.study_id "
+            f"WHERE {condition} ORDER BY p.predicted_at"
+        )
+        labels_sql = (
+            f"SELECT d.study_id, d.present::int, {epoch_us.format('d.confirmed_at')} "
+            "FROM diagnosis d WHERE d.finding = %s AND d.withdrawn_at IS NULL "
+            f"AND d.study_id IN (SELECT p.study_id FROM prediction p WHERE {condition}) "
+            "ORDER BY d.confirmed_at, d.id"
+        )
+        with self._sessions.scope() as s:
+            sites = {i: label for i, label in s.execute(select(SiteRow.id, SiteRow.label))}
+            devices = {i: label for i, label in s.execute(select(DeviceRow.id, DeviceRow.label))}
+            frame = _pg_copy_frame(
+                s,
+                cases_sql,
+                [*fill, *params],
+                names,
+                ["score", "at", "site", "scanner", *numeric_fields],
+            )
+            dx = _pg_copy_frame(
+                s,
+                labels_sql,
+                [finding, *params],
+                ["study_id", "present", "confirmed"],
+                ["study_id", "present", "confirmed"],
+            )
+        n = len(frame)
+        label = np.full(n, -1, dtype=np.int8)
+        confirmed = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
+        if len(dx):
+            latest = dx.drop_duplicates("study_id", keep="last")  # the latest confirmation wins
+            where_in = pd.Index(latest["study_id"].to_numpy(np.int64)).get_indexer(
+                frame["study_id"].to_numpy(np.int64)
+            )
+            found = where_in >= 0
+            label[found] = latest["present"].to_numpy(np.int8)[where_in[found]]
+            confirmed[found] = (
+                latest["confirmed"].to_numpy(np.int64)[where_in[found]].astype("datetime64[us]")
+            )
+        interned: dict[str, str] = {}
+
+        def text(name: str) -> np.ndarray:
+            values = frame[name].to_numpy(dtype=object)
+            return np.array([interned.setdefault(v, v) for v in values.tolist()], dtype=object)
+
+        def labelled(name: str, labels: dict[int, str]) -> np.ndarray:
+            ids, codes = np.unique(frame[name].to_numpy(np.int64), return_inverse=True)
+            names = np.array([labels.get(int(i)) or NO_METADATA for i in ids], dtype=object)
+            return names[codes] if ids.size else np.empty(0, dtype=object)
+
+        return CaseTable(
+            score=frame["score"].to_numpy(np.float64),
+            predicted_at=frame["at"].to_numpy(np.int64).astype("datetime64[us]"),
+            site=labelled("site", sites),
+            scanner=labelled("scanner", devices),
+            label=label,
+            confirmed_at=confirmed,
+            categorical={f: text(f) for f in categorical_fields},
+            numeric={f: frame[f].to_numpy(np.float64) for f in numeric_fields},
+        )
+
+    def change_sightings(
+        self,
+        model_id: int,
+        finding: str,
+        field: str,
+        start: datetime,
+        reference_end: datetime,
+        until: datetime,
+    ) -> list[tuple[str, str, str | None, datetime, int]]:
+        """GROUP BY site, scanner and ``field``'s value over [start, until).
+
+        Rows (site label, scanner label, value, first prediction time, cases in
+        [start, reference_end)): what change events are found from, aggregated
+        in the database instead of loaded case by case.
+        """
+        column = getattr(StudyRow, field)
+        in_reference = func.sum(case((PredictionRow.predicted_at < reference_end, 1), else_=0))
+        stmt = (
+            select(
+                SiteRow.label,
+                DeviceRow.label,
+                column,
+                func.min(PredictionRow.predicted_at),
+                in_reference,
+            )
+            .join(StudyRow, StudyRow.id == PredictionRow.study_id)
+            .outerjoin(SiteRow, SiteRow.id == StudyRow.site_id)
+            .outerjoin(DeviceRow, DeviceRow.id == StudyRow.device_id)
+            .where(
+                PredictionRow.model_id == model_id,
+                PredictionRow.finding == finding,
+                PredictionRow.predicted_at >= start,
+                PredictionRow.predicted_at < until,
+            )
+            .group_by(SiteRow.label, DeviceRow.label, column)
+        )
+        with self._sessions.scope() as s:
+            return [
+                (
+                    NO_METADATA if site is None else str(site),
+                    NO_METADATA if scanner is None else str(scanner),
+                    None if value is None else str(value),
+                    first,
+                    int(count or 0),
+                )
+                for site, scanner, value, first, count in s.execute(stmt)
+            ]
 
     def judged_drift_windows(
         self, model_id: int, reference_set_id: int
@@ -322,17 +499,16 @@ class ChecksRepository(Repository):
             stmt = stmt.on_conflict_do_update(
                 index_elements=key_columns,
                 set_={k: stmt.excluded[k] for k in values[0] if k not in key_columns},
-            ).returning(table.id, sort_by_parameter_order=True)
-            ids: list[int] = []
+            ).returning(*table.__table__.c, sort_by_parameter_order=True)
+            # Core executemany (no ORM unit of work) returning the stored rows
+            # themselves: no second SELECT of what was just written
+            connection = s.connection()
+            rows: list[Any] = []
             for start in range(0, len(values), 1000):  # one multi-row upsert per chunk
-                ids.extend(s.execute(stmt, values[start : start + 1000]).scalars())
+                rows.extend(connection.execute(stmt, values[start : start + 1000]).all())
             models = dict(s.execute(select(ModelRow.id, ModelRow.name)).all())
-            by_id = {}
-            for start in range(0, len(ids), 1000):
-                chunk = ids[start : start + 1000]
-                by_id.update({r.id: r for r in s.scalars(select(table).where(table.id.in_(chunk)))})
             convert = drift_check if table is DriftCheckRow else performance_check
-            result = [convert(by_id[i], models[by_id[i].model_id]) for i in ids]
+            result = [convert(r, models[r.model_id]) for r in rows]
             flagged = [
                 r for r in result if r.status not in ("ok", "insufficient_data", "below_tolerance")
             ]
@@ -351,32 +527,82 @@ class ChecksRepository(Repository):
             return result
 
     def drift(
-        self, model_id: int, start: datetime | None = None, end: datetime | None = None
+        self,
+        model_id: int,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        flagged_series: bool = False,
     ) -> list[DriftCheck]:
-        """Drift checks of a model, oldest window first; with a period, those overlapping it."""
-        rows = self._checks(DriftCheckRow, model_id, start, end)
+        """Drift checks of a model, oldest window first; with a period, those overlapping it.
+
+        ``flagged_series``: only the series (signal and stratum) with at least one
+        ``drift`` check in the period, each whole (its ``ok`` windows break runs):
+        what the incident policy needs, without the tens of thousands of quiet
+        checks of a large deployment.
+        """
+        series = (DriftCheckRow.signal, DriftCheckRow.stratum_kind, DriftCheckRow.stratum_value)
+        flagged = (
+            (series, DriftCheckRow.status == DriftStatus.DRIFT.value) if flagged_series else None
+        )
+        rows = self._checks(DriftCheckRow, model_id, start, end, flagged)
         return [drift_check(r, name) for r, name in rows]
 
+    def drift_of_windows(
+        self, model_id: int, windows: Sequence[tuple[datetime, datetime]]
+    ) -> list[DriftCheck]:
+        """The drift checks of exactly ``windows`` (one row per test: the latest judgment)."""
+        if not windows:
+            return []
+        wanted = set(windows)
+        lo = min(start for start, _ in windows)
+        hi = max(end for _, end in windows)
+        return [c for c in self.drift(model_id, lo, hi) if (c.window_start, c.window_end) in wanted]
+
     def performance(
-        self, model_id: int, start: datetime | None = None, end: datetime | None = None
+        self,
+        model_id: int,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        flagged_series: bool = False,
     ) -> list[PerformanceCheck]:
-        """Performance checks of a model; with a period, those whose window overlaps it."""
-        rows = self._checks(PerformanceCheckRow, model_id, start, end)
+        """Performance checks of a model; with a period, those whose window overlaps it.
+
+        ``flagged_series``: only the labelled series (finding, metric, stratum)
+        with a ``breach`` or ``warning`` in the period, each whole (as for drift).
+        """
+        table = PerformanceCheckRow
+        series = (table.finding, table.metric, table.stratum_kind, table.stratum_value)
+        hit = table.status.in_((PerformanceStatus.BREACH.value, PerformanceStatus.WARNING.value))
+        flagged = (series, hit & ~table.estimated) if flagged_series else None
+        rows = self._checks(table, model_id, start, end, flagged)
         return [performance_check(r, name) for r, name in rows]
 
     def _checks(
-        self, table: Any, model_id: int, start: datetime | None, end: datetime | None
+        self,
+        table: Any,
+        model_id: int,
+        start: datetime | None,
+        end: datetime | None,
+        flagged: tuple[tuple[Any, ...], Any] | None = None,
     ) -> list[tuple[Any, str]]:
+        in_period = [table.model_id == model_id]
+        if end is not None:
+            in_period.append(table.window_start < end)
+        if start is not None:
+            in_period.append(table.window_end > start)
         stmt = (
             select(table, ModelRow.name)
             .join(ModelRow, ModelRow.id == table.model_id)
-            .where(table.model_id == model_id)
+            .where(*in_period)
             .order_by(table.window_end, table.id)
         )
-        if end is not None:
-            stmt = stmt.where(table.window_start < end)
-        if start is not None:
-            stmt = stmt.where(table.window_end > start)
+        if flagged is not None:
+            series, hit = flagged
+            stmt = stmt.where(
+                tuple_(*series).in_(select(*series).where(*in_period, hit).distinct())
+            )
         with self._sessions.scope() as s:
             return [(row, name) for row, name in s.execute(stmt)]
 
@@ -453,6 +679,44 @@ class ChecksRepository(Repository):
         with self._sessions.scope() as s:
             rows = s.scalars(stmt.order_by(ChangeEventRow.first_seen_at, ChangeEventRow.id))
             return [_change_event(r) for r in rows]
+
+
+def _pg_copy_frame(
+    session: Session,
+    sql: str,
+    params: Sequence[Any],
+    names: Sequence[str],
+    numeric: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Run ``sql`` as ``COPY (...) TO STDOUT`` (CSV) and parse it with pandas' C reader.
+
+    Reading a million cases through the ORM's row objects costs ~25 s of
+    Python; COPY and pandas take ~1 s. Text columns come NULL-free from the
+    SQL (COALESCE), so only the ``numeric`` columns treat an empty field as
+    missing.
+    """
+    connection = session.connection().connection.driver_connection
+    assert isinstance(connection, psycopg.Connection)
+    buffer = io.BytesIO()
+    with (
+        connection.cursor() as cursor,
+        cursor.copy(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", params) as copy,
+    ):
+        for block in copy:
+            buffer.write(block)
+    buffer.seek(0)
+    if buffer.getbuffer().nbytes == 0:
+        return pd.DataFrame({name: pd.Series(dtype=object) for name in names})
+    text = [name for name in names if name not in numeric]
+    return pd.read_csv(
+        buffer,
+        header=None,
+        names=list(names),
+        keep_default_na=False,
+        na_values={name: [""] for name in numeric},
+        dtype={name: str for name in text},
+        float_precision="round_trip",  # the scores exactly as stored
+    )
 
 
 def _change_event(row: ChangeEventRow) -> ChangeEvent:

@@ -47,6 +47,7 @@ def model_info(row: ModelRow, baselines: Iterable[BaselineRow]) -> ModelInfo:
                 ci_upper=b.ci_upper,
                 alert_limit=b.alert_limit,
                 source_document=b.source_document,
+                rebaselined_at=b.rebaselined_at,
             )
             for b in baselines
         ),

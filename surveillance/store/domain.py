@@ -25,6 +25,8 @@ class Baseline:
     ci_upper: float | None
     alert_limit: float
     source_document: str
+    #: when the value or alert limit last changed (the CUSUM restarts there); None: never
+    rebaselined_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,6 +535,21 @@ class PerformanceCheckDraft:
     details: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Partition:
+    """One monthly partition of a partitioned table (PostgreSQL, 0010).
+
+    ``start``/``end`` bound the month (UTC, end exclusive); ``rows`` is the
+    planner's estimate (``pg_class.reltuples``, -1 before the first ANALYZE).
+    """
+
+    table: str
+    name: str
+    start: datetime
+    end: datetime
+    rows: int
+
+
 __all__ = [
     "AuditReport",
     "Baseline",
@@ -551,6 +568,7 @@ __all__ = [
     "LabelWithdrawalRecord",
     "ModelInfo",
     "OffsetRecord",
+    "Partition",
     "PerformanceCheck",
     "PredictionRecord",
     "SpoolRecord",

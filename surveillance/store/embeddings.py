@@ -19,16 +19,19 @@ Interrupted claims
 
 Finishing
     :meth:`EmbeddingsRepository.finish_claims` writes the embeddings (``ON CONFLICT DO NOTHING`` on
-    (study, extractor, version): the first instance of a study wins), marks the
+    (study, extractor, version): the first instance of a study wins; on PostgreSQL,
+    where ``embedding`` is partitioned by month, on its key table ``embedding_key``,
+    claimed in the same transaction), marks the
     rows embedded or failed, and audits the batch, in one transaction. The
     caller deletes the spool files after it returns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import itemgetter
 
 import numpy as np
 from sqlalchemy import ColumnElement, CursorResult, and_, func, or_, select, update
@@ -40,6 +43,7 @@ from surveillance.store.domain import NO_METADATA
 from surveillance.store.ingest_writer import _insert
 from surveillance.store.models import (
     DeviceRow,
+    EmbeddingKeyRow,
     EmbeddingRow,
     ImageSpoolRow,
     PredictionRow,
@@ -169,14 +173,31 @@ def _insert_embeddings(
             }
         )
     new = 0
-    for start in range(0, len(rows), _INSERT_CHUNK):
-        stmt = (
-            _insert(session, EmbeddingRow)
-            .values(rows[start : start + _INSERT_CHUNK])
-            .on_conflict_do_nothing()
+    partitioned = session.get_bind().dialect.name == "postgresql"
+    if partitioned:  # embedding is partitioned by month (0010): its key is embedding_key
+        rows = sorted(
+            {r["study_id"]: r for r in reversed(rows)}.values(), key=itemgetter("study_id")
         )
+    for start in range(0, len(rows), _INSERT_CHUNK):
+        chunk = rows[start : start + _INSERT_CHUNK]
+        if partitioned:
+            claimed = set(
+                session.scalars(
+                    _insert(session, EmbeddingKeyRow)
+                    .values([{k: r[k] for k in _KEY_COLUMNS} for r in chunk])
+                    .on_conflict_do_nothing()
+                    .returning(EmbeddingKeyRow.study_id)
+                )
+            )
+            chunk = [r for r in chunk if r["study_id"] in claimed]
+            if not chunk:
+                continue
+        stmt = _insert(session, EmbeddingRow).values(chunk).on_conflict_do_nothing()
         new += len(session.execute(stmt.returning(EmbeddingRow.id)).all())
     return new
+
+
+_KEY_COLUMNS = ("study_id", "extractor", "extractor_version", "created_at")
 
 
 class EmbeddingsRepository(Repository):
@@ -362,12 +383,21 @@ class EmbeddingsRepository(Repository):
                 scores[study_id][finding] = float(score)  # the latest prediction wins
         return sorted(scores.items())
 
-    def model_embeddings(self, model_id: int, start: datetime, end: datetime) -> list[EmbeddingSet]:
+    def model_embeddings(
+        self,
+        model_id: int,
+        start: datetime,
+        end: datetime,
+        *,
+        versions: Mapping[str, str] | None = None,
+    ) -> list[EmbeddingSet]:
         """Every extractor's embeddings of the studies ``model_id`` predicted in [start, end).
 
         Where an extractor has several versions, the one with the most vectors in
         the period is used (a new version starts empty, so comparing it with an old
-        reference would be meaningless).
+        reference would be meaningless), unless ``versions`` names the one to use
+        (the drift job passes the reference's, so that each window it loads alone
+        is compared with vectors of the same version).
         """
         first = (
             select(
@@ -380,18 +410,21 @@ class EmbeddingsRepository(Repository):
         )
         in_period = and_(first.c.at >= start, first.c.at < end)
         with self._sessions.scope() as s:
-            versions = s.execute(
+            counted = s.execute(
                 select(EmbeddingRow.extractor, EmbeddingRow.extractor_version, func.count())
                 .join(first, first.c.study_id == EmbeddingRow.study_id)
                 .where(in_period)
                 .group_by(EmbeddingRow.extractor, EmbeddingRow.extractor_version)
             ).all()
             best: dict[str, tuple[int, str]] = {}
-            for extractor, version, count in versions:
+            for extractor, version, count in counted:
                 if (count, version) > best.get(extractor, (-1, "")):
                     best[extractor] = (int(count), version)
             sets = []
-            for extractor, (_, version) in sorted(best.items()):
+            chosen = {name: version for name, (_, version) in best.items()}
+            if versions:
+                chosen |= {name: v for name, v in versions.items() if name in chosen}
+            for extractor, version in sorted(chosen.items()):
                 rows = s.execute(
                     select(
                         EmbeddingRow.study_id,

@@ -2,10 +2,12 @@
 
 ``store.registry`` (models, baselines, sites, reference sets), ``store.events``
 (intake writes, offsets, dead letters), ``store.checks`` (what the checks read
-and judged), ``store.incidents``, ``store.ledger`` (job runs), ``store.outbox``
-(alert deliveries), ``store.embeddings`` (spool claims, embeddings),
-``store.reporting`` (period queries for reports and exports), ``store.audit``
-(the hash chain) and ``store.bench`` (benchmark SQL). Each method is one
+and judged), ``store.incidents``, ``store.ledger`` (job runs), ``store.units``
+(check work units any replica claims), ``store.outbox`` (alert deliveries),
+``store.embeddings`` (spool claims, embeddings), ``store.reporting`` (period
+queries for reports and exports), ``store.audit`` (the hash chain),
+``store.bench`` (benchmark SQL) and ``store.partitions`` (monthly partitions on
+PostgreSQL: created ahead, dropped by retention). Each method is one
 transaction; writes that matter append an audit event in that transaction.
 """
 
@@ -23,8 +25,10 @@ from surveillance.store.incidents import IncidentsRepository
 from surveillance.store.ledger import LedgerRepository
 from surveillance.store.migrations import ensure_current
 from surveillance.store.outbox import OutboxRepository
+from surveillance.store.partitions import PartitionsRepository
 from surveillance.store.registry import RegistryRepository
 from surveillance.store.reporting import ReportingRepository
+from surveillance.store.units import UnitsRepository
 
 
 class Store:
@@ -38,11 +42,13 @@ class Store:
         self.checks = ChecksRepository(self.sessions)
         self.incidents = IncidentsRepository(self.sessions)
         self.ledger = LedgerRepository(self.sessions)
+        self.units = UnitsRepository(self.sessions)
         self.outbox = OutboxRepository(self.sessions)
         self.embeddings = EmbeddingsRepository(self.sessions)
         self.reporting = ReportingRepository(self.sessions, self.registry)
         self.audit = AuditRepository(self.sessions)
         self.bench = BenchRepository(self.sessions)
+        self.partitions = PartitionsRepository(self.sessions)
 
     @classmethod
     def open(cls, url: str, *, require_current_schema: bool = True) -> Store:

@@ -23,6 +23,15 @@ one join against the stored rows to find conflicts, ``INSERT ... SELECT ... ON
 CONFLICT DO NOTHING``) only when the COPY hits a stored key. SQLite runs the
 same steps with plain multi-row INSERTs. Rows are written in key order so
 that concurrent consumers inserting overlapping keys do not deadlock.
+
+``prediction`` is partitioned by month on PostgreSQL (revision 0010), so it
+cannot hold a unique (message_id, finding) index; that key lives in the
+unpartitioned ``prediction_key`` table. The straight path COPYs the key rows
+into it and then the rows into ``prediction``, in the same savepoint (a stored
+key fails the first COPY); the staging path claims the keys with ``INSERT ...
+ON CONFLICT DO NOTHING RETURNING`` and inserts exactly the rows it claimed, in
+one statement; conflicts are found through the key table, whose
+``predicted_at`` names the stored row's partition.
 """
 
 from __future__ import annotations
@@ -384,10 +393,28 @@ class _Keyed:
     orm: Any
     columns: tuple[tuple[str, str], ...]
     n_key: int
+    #: PostgreSQL: the unpartitioned table that holds the key (+ ``partition_column``)
+    #: of a partitioned ``table``; None when ``table`` has its own unique key.
+    key_table: str | None = None
+    partition_column: str | None = None
 
     @property
     def content_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.columns[self.n_key : -1])
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.columns[: self.n_key])
+
+    def key_columns(self) -> tuple[tuple[str, str], ...]:
+        """(name, type) of the key table's columns: the key, then the partition column."""
+        wanted = (*self.key_names, self.partition_column)
+        types = dict(self.columns)
+        return tuple((name, types[name]) for name in wanted if name is not None)
+
+    def key_positions(self) -> tuple[int, ...]:
+        names = [name for name, _ in self.columns]
+        return tuple(names.index(name) for name, _ in self.key_columns())
 
 
 _PREDICTION = _Keyed(
@@ -404,6 +431,8 @@ _PREDICTION = _Keyed(
         ("ingested_at", "timestamptz"),
     ),
     2,
+    key_table="prediction_key",  # prediction is partitioned by month on PostgreSQL (0010)
+    partition_column="predicted_at",
 )
 _DIAGNOSIS = _Keyed(
     "diagnosis",
@@ -450,13 +479,22 @@ def _stored_content(
     if _is_postgres(session):
         conn = session.connection().connection.driver_connection
         assert isinstance(conn, psycopg.Connection)
-        keys = [name for name, _ in spec.columns[:n]]
+        keys = spec.key_names
         cols = ", ".join(f"p.{name}" for name, _ in spec.columns[:-1])
         on = " AND ".join(f"p.{k} = t.{k}" for k in keys)
-        with _driver_errors(), conn.cursor() as cur:
-            cur.execute(
-                f"SELECT DISTINCT {cols} FROM {spec.table} p JOIN _ingest_{spec.table} t ON {on}"
+        if spec.key_table is not None:
+            # Partitioned: the key table says which partition holds the stored row.
+            part = spec.partition_column
+            on_key = " AND ".join(f"k.{k} = t.{k}" for k in keys)
+            on_row = " AND ".join(f"p.{k} = k.{k}" for k in (*keys, part))
+            sql = (
+                f"SELECT DISTINCT {cols} FROM _ingest_{spec.table} t "
+                f"JOIN {spec.key_table} k ON {on_key} JOIN {spec.table} p ON {on_row}"
             )
+        else:
+            sql = f"SELECT DISTINCT {cols} FROM {spec.table} p JOIN _ingest_{spec.table} t ON {on}"
+        with _driver_errors(), conn.cursor() as cur:
+            cur.execute(sql)
             return {tuple(r[:n]): tuple(r[n:]) for r in cur}
     orm = spec.orm
     columns = [getattr(orm, name) for name, _ in spec.columns[:-1]]
@@ -539,7 +577,9 @@ def _pg_copy_straight(session: Session, spec: _Keyed, rows: list[tuple[Any, ...]
 
     The cheapest way into an indexed table, and the normal case: message ids
     are new unless redelivered. Returns False (savepoint rolled back, nothing
-    written) when a row's key is already stored.
+    written) when a row's key is already stored. A partitioned table's key
+    rows are COPYed into its key table first, in the same savepoint: the key
+    table's primary key is what detects the stored key.
     """
     conn = session.connection().connection.driver_connection
     assert isinstance(conn, psycopg.Connection)
@@ -547,6 +587,16 @@ def _pg_copy_straight(session: Session, spec: _Keyed, rows: list[tuple[Any, ...]
     with _driver_errors(), conn.cursor() as cur:
         cur.execute("SAVEPOINT ingest_copy")
         try:
+            if spec.key_table is not None:
+                key_columns = spec.key_columns()
+                positions = spec.key_positions()
+                key_cols = ", ".join(name for name, _ in key_columns)
+                with cur.copy(
+                    f"COPY {spec.key_table} ({key_cols}) FROM STDIN (FORMAT BINARY)"
+                ) as copy:
+                    copy.set_types([pg_type for _, pg_type in key_columns])
+                    for row in rows:
+                        copy.write_row([row[i] for i in positions])
             with cur.copy(f"COPY {spec.table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types([pg_type for _, pg_type in spec.columns])
                 for row in rows:
@@ -580,12 +630,26 @@ def _pg_insert_from_temp(session: Session, spec: _Keyed) -> int:
     conn = session.connection().connection.driver_connection
     assert isinstance(conn, psycopg.Connection)
     cols = ", ".join(name for name, _ in spec.columns)
-    order = ", ".join(name for name, _ in spec.columns[: spec.n_key])
-    with _driver_errors(), conn.cursor() as cur:
-        cur.execute(
-            f"INSERT INTO {spec.table} ({cols}) SELECT {cols} FROM _ingest_{spec.table} "
+    order = ", ".join(spec.key_names)
+    temp = f"_ingest_{spec.table}"
+    if spec.key_table is not None:
+        # Claim the keys first (ON CONFLICT: a concurrent writer's or a stored key),
+        # then insert exactly the rows whose key this statement claimed.
+        key_cols = ", ".join(name for name, _ in spec.key_columns())
+        using = " AND ".join(f"t.{k} = k.{k}" for k in spec.key_names)
+        t_cols = ", ".join(f"t.{name}" for name, _ in spec.columns)
+        sql = (
+            f"WITH k AS (INSERT INTO {spec.key_table} ({key_cols}) SELECT {key_cols} "
+            f"FROM {temp} ORDER BY {order} ON CONFLICT DO NOTHING RETURNING {order}) "
+            f"INSERT INTO {spec.table} ({cols}) SELECT {t_cols} FROM {temp} t JOIN k ON {using}"
+        )
+    else:
+        sql = (
+            f"INSERT INTO {spec.table} ({cols}) SELECT {cols} FROM {temp} "
             f"ORDER BY {order} ON CONFLICT DO NOTHING"
         )
+    with _driver_errors(), conn.cursor() as cur:
+        cur.execute(sql)
         return max(cur.rowcount, 0)
 
 

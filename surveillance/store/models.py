@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from surveillance.core.statuses import (
+    CheckUnitStatus,
     DeliveryKind,
     DeliveryStatus,
     DiagnosisSource,
@@ -117,6 +118,10 @@ class BaselineRow(Base):
     alert_limit: Mapped[float] = mapped_column(Float, comment="Live value below this breaches")
     source_document: Mapped[str] = mapped_column(Text, comment="Where the figure is documented")
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    rebaselined_at: Mapped[datetime | None] = mapped_column(
+        comment="When the value or alert limit last changed (UTC); the CUSUM chart restarts "
+        "there. NULL: unchanged since registration"
+    )
 
 
 class SiteRow(Base):
@@ -175,17 +180,28 @@ class StudyRow(Base):
 
 
 class PredictionRow(Base):
-    """One score for one finding of one study."""
+    """One score for one finding of one study.
+
+    On PostgreSQL (0010) the table is partitioned by month of ``predicted_at``
+    (``prediction_yYYYYmMM`` + ``prediction_default``), its primary key is
+    ``(id, predicted_at)`` and the idempotency key (message_id, finding) lives in
+    :class:`PredictionKeyRow`. On SQLite it is a plain table whose primary key is
+    ``id`` and which keeps ``uq_prediction_message_finding`` (from 0001).
+    """
 
     __tablename__ = "prediction"
     __table_args__ = (
-        UniqueConstraint("message_id", "finding", name="uq_prediction_message_finding"),
         CheckConstraint("score >= 0 AND score <= 1", name="score_range"),
         Index("ix_prediction_model_time", "model_id", "predicted_at"),
         # Dashboards (0008): ingest rate and lag read both columns from the index
         # alone; freshness per site scans a time range across models.
         Index("ix_prediction_ingested_at", "ingested_at", "predicted_at"),
         Index("ix_prediction_predicted_at", "predicted_at", "study_id"),
+        {
+            "comment": "One score for one finding of one study; "
+            "partitioned by month of predicted_at (UTC)",
+            "info": {"partitioned_by": "predicted_at"},
+        },
     )
     id: Mapped[int] = _id()
     message_id: Mapped[str] = mapped_column(String(256))
@@ -196,6 +212,28 @@ class PredictionRow(Base):
     score: Mapped[float] = mapped_column(Float)
     predicted_at: Mapped[datetime] = mapped_column()
     ingested_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PredictionKeyRow(Base):
+    """The idempotency key of ``prediction`` on PostgreSQL (0010): unique across partitions.
+
+    Written in the same transaction as the prediction rows it keys; ``predicted_at``
+    finds the stored row's partition. PostgreSQL only (``info["backend"]``): on
+    SQLite ``prediction`` itself carries the unique constraint.
+    """
+
+    __tablename__ = "prediction_key"
+    __table_args__ = (
+        {
+            "comment": "Idempotency key of prediction (unique across its partitions)",
+            "info": {"backend": "postgresql"},
+        },
+    )
+    message_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    finding: Mapped[str] = mapped_column(String(128), primary_key=True)
+    predicted_at: Mapped[datetime] = mapped_column(
+        comment="predicted_at of the stored prediction row (finds its partition)"
+    )
 
 
 class DiagnosisRow(Base):
@@ -224,9 +262,22 @@ class DiagnosisRow(Base):
 
 
 class EmbeddingRow(Base):
+    """One image embedding of a study by one extractor version.
+
+    On PostgreSQL (0010) partitioned by month of ``created_at``, primary key
+    ``(id, created_at)``; the key (study, extractor, version) is unique through
+    :class:`EmbeddingKeyRow` and looked up with ``ix_embedding_study_extractor``.
+    On SQLite a plain table with ``uq_embedding_key`` (from 0001).
+    """
+
     __tablename__ = "embedding"
     __table_args__ = (
-        UniqueConstraint("study_id", "extractor", "extractor_version", name="uq_embedding_key"),
+        Index("ix_embedding_study_extractor", "study_id", "extractor", "extractor_version"),
+        {
+            "comment": "One image embedding per study and extractor version; "
+            "partitioned by month of created_at (UTC)",
+            "info": {"partitioned_by": "created_at"},
+        },
     )
     id: Mapped[int] = _id()
     study_id: Mapped[int] = mapped_column(ForeignKey("study.id"))
@@ -235,6 +286,28 @@ class EmbeddingRow(Base):
     dim: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary, comment="float32 little-endian")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EmbeddingKeyRow(Base):
+    """The unique key of ``embedding`` on PostgreSQL (0010), written with the row it keys.
+
+    PostgreSQL only (``info["backend"]``): on SQLite ``embedding`` carries
+    ``uq_embedding_key`` itself.
+    """
+
+    __tablename__ = "embedding_key"
+    __table_args__ = (
+        {
+            "comment": "Unique key of embedding (one per study and extractor version)",
+            "info": {"backend": "postgresql"},
+        },
+    )
+    study_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    extractor: Mapped[str] = mapped_column(String(64), primary_key=True)
+    extractor_version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(
+        comment="created_at of the stored embedding row (finds its partition)"
+    )
 
 
 class ReferenceSetRow(Base):
@@ -273,6 +346,42 @@ class JobRunRow(Base):
         String(16), comment="running | succeeded | failed | abandoned"
     )
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class CheckUnitRow(Base):
+    """One drift window to judge, queued by a run and claimed by any replica (SKIP LOCKED)."""
+
+    __tablename__ = "check_unit"
+    __table_args__ = (
+        UniqueConstraint("model_id", "job", "window_start", "window_end", name="uq_check_unit_key"),
+        Index("ix_check_unit_status", "status", "claimed_at"),
+        CheckConstraint(check_in("status", CheckUnitStatus), name="status_valid"),
+    )
+    id: Mapped[int] = _id()
+    model_id: Mapped[int] = mapped_column(
+        ForeignKey("model.id", ondelete="CASCADE"), comment="Model whose window this is"
+    )
+    job: Mapped[str] = mapped_column(String(16), comment="drift")
+    window_start: Mapped[datetime] = mapped_column(comment="Window start (UTC, inclusive)")
+    window_end: Mapped[datetime] = mapped_column(comment="Window end (UTC, exclusive)")
+    reference_set_id: Mapped[int] = mapped_column(
+        ForeignKey("reference_set.id"), comment="Reference the window is judged against"
+    )
+    plan_id: Mapped[str] = mapped_column(
+        String(32), comment="The run that queued it last (random hex): it waits for its units"
+    )
+    job_run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("job_run.id"), comment="Job run the checks are recorded under"
+    )
+    status: Mapped[str] = mapped_column(String(16), comment="pending | running | done | failed")
+    queued_at: Mapped[datetime] = mapped_column(default=utcnow, comment="When queued (UTC)")
+    claimed_at: Mapped[datetime | None] = mapped_column(comment="When last claimed (UTC)")
+    claimed_by: Mapped[str | None] = mapped_column(
+        String(128), comment="host:pid of the replica that claimed it"
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(comment="When judged or failed (UTC)")
+    attempts: Mapped[int] = mapped_column(default=0, comment="Claims so far")
+    error: Mapped[str | None] = mapped_column(Text, comment="Why the last attempt failed")
 
 
 def _stratum_kind() -> Mapped[str]:
@@ -793,6 +902,8 @@ _COMMENTS: dict[str, str] = {
     "diagnosis.confirmed_at": "When the diagnosis was confirmed (UTC)",
     "embedding.extractor": "Extractor key, e.g. conv-ae",
     "embedding.extractor_version": "Extractor version (weights or seed)",
+    "embedding_key.extractor": "Extractor key, e.g. conv-ae",
+    "embedding_key.extractor_version": "Extractor version (weights or seed)",
     "embedding.dim": "Vector length",
     "image_spool.size_bytes": "File size in bytes",
     "image_spool.transfer_syntax": "Transfer syntax UID of the stored file",

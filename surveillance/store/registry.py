@@ -31,14 +31,20 @@ from surveillance.store.types import utcnow
 class RegistryRepository(Repository):
     """Registered models and what they are compared with."""
 
-    def register_models(self, configs: Sequence[ModelConfig], *, actor: str) -> list[ModelInfo]:
-        """Create or update models and their baselines; audits every change."""
+    def register_models(
+        self, configs: Sequence[ModelConfig], *, actor: str, now: datetime | None = None
+    ) -> list[ModelInfo]:
+        """Create or update models and their baselines; audits every change.
+
+        A baseline whose value or alert limit changes is re-baselined at ``now``
+        (the current time by default): its CUSUM chart restarts there.
+        """
         with self._sessions.scope() as s:
             for config in configs:
-                self._register_model(s, config, actor)
+                self._register_model(s, config, actor, now or utcnow())
         return [self.model(c.name) for c in configs]
 
-    def _register_model(self, s: Session, config: ModelConfig, actor: str) -> None:
+    def _register_model(self, s: Session, config: ModelConfig, actor: str, now: datetime) -> None:
         row = s.scalar(select(ModelRow).where(ModelRow.name == config.name))
         fields = {
             "version": config.version,
@@ -101,9 +107,11 @@ class RegistryRepository(Repository):
                 continue
             else:
                 before = {k: getattr(current, k) for k in values}
+                if (current.value, current.alert_limit) != (values["value"], values["alert_limit"]):
+                    current.rebaselined_at = now
                 for k, v in values.items():
                     setattr(current, k, v)
-                current.updated_at = utcnow()
+                current.updated_at = now
                 values = {"before": before, "after": values}
             audit.append(
                 s,

@@ -49,6 +49,7 @@ import torch
 from torch import nn
 
 from surveillance.analysis.embeddings.decode import DEFAULT_IMAGE_SIZE
+from surveillance.analysis.embeddings.names import bbsd_name
 from surveillance.core.errors import ConfigError
 
 DEFAULT_BACKBONE = "conv-ae"
@@ -263,14 +264,6 @@ class TorchvisionBackbone(Backbone, key="torchvision"):
         mean = torch.tensor(self._MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self._STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         return (x - mean) / std
-
-
-def bbsd_name(model_name: str) -> str:
-    """The extractor name of a model's BBSD vectors (fits the 64-character column)."""
-    name = f"bbsd:{model_name}"
-    if len(name) <= 64:
-        return name
-    return "bbsd:" + hashlib.sha256(model_name.encode()).hexdigest()[:32]
 
 
 class BBSDBackbone(Backbone, key="bbsd"):

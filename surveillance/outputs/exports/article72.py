@@ -49,6 +49,7 @@ import jsonschema
 from surveillance.core.config import Settings
 from surveillance.core.errors import SurveillanceError, UsageError
 from surveillance.outputs.exports import signing
+from surveillance.outputs.rules import DRIFT_RULE
 from surveillance.store import DriftCheck, ModelInfo, PerformanceCheck, Store
 from surveillance.store import reporting as rs
 from surveillance.store.domain import JobRun
@@ -213,15 +214,24 @@ def _indicators(model: ModelInfo, settings: Settings) -> list[dict[str, Any]]:
             }
         )
     drift = settings.drift
-    common = {
-        "kind": "drift",
-        "threshold": (
-            f"drift when p < {drift.alpha} in a window; an incident after "
-            f"{drift.persistence_windows} consecutive drifted windows"
-        ),
-        "alpha": drift.alpha,
-        "persistence_windows": drift.persistence_windows,
-    }
+    tolerance = drift.min_effect
+
+    def common(min_effect: float, effect: str) -> dict[str, Any]:
+        return {
+            "kind": "drift",
+            "threshold": (
+                f"drift when the p-value adjusted across the window's tests ({drift.correction}) "
+                f"is below {drift.alpha} and the effect size ({effect}) reaches the tolerance "
+                f"{min_effect}; significant but smaller is 'below tolerance' and never an "
+                f"incident; an incident after {drift.persistence_windows} consecutive drifted "
+                "windows"
+            ),
+            "alpha": drift.alpha,
+            "persistence_windows": drift.persistence_windows,
+            "min_effect": min_effect,
+            "effect_name": effect,
+        }
+
     window = (
         f"{drift.window_days}-day windows vs the first {drift.reference_days} days of "
         f"deployment (frozen reference), strata {', '.join(drift.strata)}, at least "
@@ -230,7 +240,7 @@ def _indicators(model: ModelInfo, settings: Settings) -> list[dict[str, Any]]:
     for finding in model.findings:
         indicators.append(
             {
-                **common,
+                **common(tolerance.score, "ks_d"),
                 "id": f"drift:score:{finding}",
                 "description": f"distribution of the model's {finding} scores",
                 "method": f"two-sample Kolmogorov-Smirnov on {window}",
@@ -238,7 +248,7 @@ def _indicators(model: ModelInfo, settings: Settings) -> list[dict[str, Any]]:
         )
     indicators.append(
         {
-            **common,
+            **common(tolerance.acquisition, "ks_d"),
             "id": "drift:acquisition",
             "description": "numeric acquisition parameters (kVp, pixel spacing, slice thickness)",
             "method": f"per-feature KS with Bonferroni correction on {window}",
@@ -246,7 +256,7 @@ def _indicators(model: ModelInfo, settings: Settings) -> list[dict[str, Any]]:
     )
     indicators.append(
         {
-            **common,
+            **common(tolerance.metadata, "cramers_v"),
             "id": "drift:metadata",
             "description": "categorical header fields (software version, kernel, view, sex, "
             "age band, scanner mix)",
@@ -280,6 +290,7 @@ def _drift_results(checks: Sequence[DriftCheck]) -> list[dict[str, Any]]:
     results = []
     for (kind, value), hits in sorted(by_stratum.items()):
         ps = [h.p_value for h in hits if h.p_value is not None]
+        adjusted = [h.p_adjusted for h in hits if h.p_adjusted is not None]
         results.append(
             {
                 "stratum": _stratum(kind, value),
@@ -288,9 +299,44 @@ def _drift_results(checks: Sequence[DriftCheck]) -> list[dict[str, Any]]:
                 "last_window_end": _iso(max(h.window_end for h in hits)),
                 "windows": len({h.window_start for h in hits}),
                 "min_p_value": min(ps) if ps else None,
+                "min_p_adjusted": min(adjusted) if adjusted else None,
+                "effects": _effects(hits),
             }
         )
     return results
+
+
+def _effects(checks: Sequence[DriftCheck]) -> list[dict[str, Any]]:
+    """Per signal: the largest stored effect, its measure and tolerance, smallest adjusted p."""
+    by_signal: dict[str, list[DriftCheck]] = {}
+    for c in checks:
+        by_signal.setdefault(c.signal, []).append(c)
+    effects = []
+    for signal, mine in sorted(by_signal.items()):
+        sized = [c for c in mine if c.effect_size is not None]
+        largest = max(sized, key=lambda c: c.effect_size or 0.0) if sized else None
+        adjusted = [c.p_adjusted for c in mine if c.p_adjusted is not None]
+        effects.append(
+            {
+                "signal": signal,
+                "effect_name": largest.effect_name if largest else None,
+                "max_effect_size": largest.effect_size if largest else None,
+                "min_effect": largest.min_effect if largest else None,
+                "min_p_adjusted": min(adjusted) if adjusted else None,
+            }
+        )
+    return effects
+
+
+def _below_tolerance(checks: Sequence[DriftCheck]) -> dict[str, Any]:
+    """The significant checks that stayed below their tolerance (never an incident)."""
+    below = [c for c in checks if c.status == "below_tolerance"]
+    return {
+        "rule": DRIFT_RULE,
+        "checks": len(below),
+        "strata": len({(c.stratum_kind, c.stratum_value) for c in below}),
+        "by_signal": _effects(below),
+    }
 
 
 def _performance_results(checks: Sequence[PerformanceCheck]) -> list[dict[str, Any]]:
@@ -426,6 +472,10 @@ def _write_tables(
                 "threshold",
                 "n_reference",
                 "n_window",
+                "p_adjusted",
+                "effect_name",
+                "effect_size",
+                "min_effect",
             ),
             [
                 (
@@ -442,6 +492,10 @@ def _write_tables(
                     c.threshold,
                     c.n_reference,
                     c.n_window,
+                    c.p_adjusted,
+                    c.effect_name,
+                    c.effect_size,
+                    c.min_effect,
                 )
                 for c in drift
             ],
@@ -635,12 +689,13 @@ def build_document(
                 "detector": mine[0].detector,
                 "checks": len(mine),
                 "drifted": sum(c.status == "drift" for c in mine),
+                "below_tolerance": sum(c.status == "below_tolerance" for c in mine),
                 "insufficient_data": sum(c.status == "insufficient_data" for c in mine),
             }
         )
     schedules = settings.schedules.model_dump()
     return {
-        "schema_version": "1.1",
+        "schema_version": "1.2",
         "export": {
             "id": export_id,
             "generated_at": _iso(now),
@@ -690,11 +745,13 @@ def build_document(
             "job_runs": len(runs),
             "failed_job_runs": sum(r.status == "failed" for r in runs),
             "drift_checks": len(drift),
+            "drift_below_tolerance": sum(c.status == "below_tolerance" for c in drift),
             "performance_checks": len(performance),
             "by_signal": by_signal,
         },
         "results": {
             "drift": _drift_results(drift),
+            "drift_below_tolerance": _below_tolerance(drift),
             "performance": _performance_results(performance),
         },
         "incidents": _incidents(incidents, now),

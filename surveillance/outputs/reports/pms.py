@@ -55,6 +55,7 @@ from surveillance.outputs.reports.document import (
     TableBlock,
 )
 from surveillance.outputs.reports.pdf import write_pdf
+from surveillance.outputs.rules import DRIFT_RULE
 from surveillance.store import DriftCheck, ModelInfo, PerformanceCheck, Store
 from surveillance.store import reporting as rs
 from surveillance.store.domain import JobRun, ReferenceSet
@@ -64,6 +65,7 @@ STRATUM_ORDER = {"overall": 0, "site": 1, "scanner": 2}
 SEVERITY = {"ok": 0, "insufficient_data": 0, "warning": 1, "breach": 2}
 EVIDENTLY_NAME = "evidently-data-drift.html"
 EVIDENTLY_MAX_ROWS = 5000
+BELOW_TOLERANCE_ROWS = 40  # the report lists at most this many below-tolerance checks
 
 
 # ---- periods --------------------------------------------------------------------
@@ -245,6 +247,38 @@ class DriftEpisode:
     windows: int
     isolated: tuple[datetime, ...]
     min_p: float | None
+    #: the largest effect among the episode's drifted checks, its measure and tolerance
+    max_effect: float | None = None
+    effect_name: str | None = None
+    tolerance: float | None = None
+    #: the smallest p-value after the window's multiple-testing control
+    min_p_adjusted: float | None = None
+
+
+def _largest_effect(checks: Sequence[DriftCheck]) -> DriftCheck | None:
+    """The check whose effect went furthest relative to its tolerance (effect / tolerance;
+    the raw effect where no tolerance was stored), so that effects on different scales
+    (KS D, Cramér's V) compare; None when no check has an effect size."""
+    sized = [c for c in checks if c.effect_size is not None]
+    if not sized:
+        return None
+    return max(sized, key=lambda c: _relative_effect(c))
+
+
+def _relative_effect(check: DriftCheck) -> float:
+    effect = check.effect_size or 0.0
+    return effect / check.min_effect if check.min_effect else effect
+
+
+def _effect_text(check: DriftCheck | None, digits: int = 2) -> str:
+    """``0.31 ks_d``: a check's effect size and its measure; ``-`` when none was stored."""
+    if check is None or check.effect_size is None:
+        return "-"
+    return f"{check.effect_size:.{digits}f} {check.effect_name or ''}".rstrip()
+
+
+def _p_text(value: float | None) -> str:
+    return f"{value:.1e}" if value is not None else "-"
 
 
 def drift_episodes(
@@ -274,6 +308,8 @@ def drift_episodes(
         if not hits:
             hits = [c for c in mine if c.status == "drift"]
         ps = [h.p_value for h in hits if h.p_value is not None]
+        adjusted = [h.p_adjusted for h in hits if h.p_adjusted is not None]
+        largest = _largest_effect(hits)
         episodes[stratum] = DriftEpisode(
             stratum=stratum,
             signals=tuple(sorted({h.signal for h in hits})),
@@ -282,6 +318,10 @@ def drift_episodes(
             windows=len(episode) if episode else len(drifted),
             isolated=isolated,
             min_p=min(ps) if ps else None,
+            max_effect=largest.effect_size if largest else None,
+            effect_name=largest.effect_name if largest else None,
+            tolerance=largest.min_effect if largest else None,
+            min_p_adjusted=min(adjusted) if adjusted else None,
         )
     return episodes
 
@@ -448,7 +488,9 @@ def _executive_summary(data: _Inputs, now: datetime, sections: dict[str, str]) -
                     "Drift checks",
                     f"{len(data.drift)} in {len({c.window_start for c in data.drift})} window(s); "
                     f"{sum(c.status == 'drift' for c in data.drift)} flagged, persistent in "
-                    f"{len(persistent)} stratum/strata",
+                    f"{len(persistent)} stratum/strata; "
+                    f"{sum(c.status == 'below_tolerance' for c in data.drift)} significant but "
+                    "below tolerance (no incident)",
                 ),
                 (
                     "Performance checks",
@@ -745,12 +787,17 @@ def _drift_section(
         "apart and do not date it."
     )
     if settings is not None:
+        tolerances = settings.drift.min_effect
         method += (
             f" Settings: alpha {settings.drift.alpha}, windows of {settings.drift.window_days} "
             f"day(s), an incident after {settings.drift.persistence_windows} consecutive "
-            "drifted window(s)."
+            f"drifted window(s); multiple-testing control {settings.drift.correction}; "
+            f"tolerances: scores {tolerances.score} (KS D), acquisition {tolerances.acquisition} "
+            f"(KS D), header fields {tolerances.metadata} (Cramér's V), embeddings "
+            f"{tolerances.embedding}, image quality {tolerances.image}."
         )
     blocks.append(Paragraph(method, "note"))
+    blocks.append(Paragraph(DRIFT_RULE, "text"))
     path, note = evidently
     if path is not None:
         blocks.append(
@@ -796,7 +843,14 @@ def _drift_section(
                 _day(e.last_end),
                 str(e.windows),
                 ", ".join(f"{w:%m-%d}" for w in e.isolated) or "-",
-                f"{e.min_p:.1e}" if e.min_p is not None else "-",
+                _p_text(e.min_p),
+                _p_text(e.min_p_adjusted),
+                (
+                    f"{e.max_effect:.2f} {e.effect_name or ''}".rstrip()
+                    + (f" (tol. {e.tolerance:.2f})" if e.tolerance is not None else "")
+                    if e.max_effect is not None
+                    else "-"
+                ),
             )
         )
         status.append("drift" if e.onset else "warning")
@@ -810,33 +864,86 @@ def _drift_section(
                 "windows",
                 "isolated flags",
                 "smallest p",
+                "smallest adj. p",
+                "largest effect (tolerance)",
             ),
-            tuple(rows) or (("-", "no drift in this period", "-", "-", "-", "-", "-"),),
-            caption="Strata with drift: onset of the persistent run, and isolated flags apart.",
+            tuple(rows) or (("-", "no drift in this period", *("-",) * 7),),
+            caption="Strata with drift: onset of the persistent run, and isolated flags apart; "
+            "the effect that went furthest beyond its tolerance among the drifted checks.",
             row_status=tuple(status),
-            widths=(2.2, 2.2, 0.9, 0.9, 0.6, 1.0, 0.7),
+            widths=(1.65, 1.8, 0.9, 0.9, 0.75, 0.8, 0.75, 0.75, 1.2),
         )
     )
     per_signal = []
     for signal in sorted({c.signal for c in data.drift}):
         mine = [c for c in data.drift if c.signal == signal]
+        signal_tolerances = sorted({c.min_effect for c in mine if c.min_effect is not None})
         per_signal.append(
             (
                 signal,
                 mine[0].detector,
                 str(len(mine)),
                 str(sum(c.status == "drift" for c in mine)),
+                str(sum(c.status == "below_tolerance" for c in mine)),
                 str(sum(c.status == "insufficient_data" for c in mine)),
+                _effect_text(_largest_effect(mine)),
+                ", ".join(f"{v:.2f}" for v in signal_tolerances) or "-",
             )
         )
     blocks.append(
         TableBlock(
-            ("signal", "detector", "checks", "drifted", "insufficient data"),
+            (
+                "signal",
+                "detector",
+                "checks",
+                "drifted",
+                "below tolerance",
+                "insufficient data",
+                "largest effect",
+                "tolerance",
+            ),
             tuple(per_signal),
-            caption="Drift checks per signal (all strata and windows of the period).",
-            widths=(2.2, 0.8, 0.8, 0.8, 1.0),
+            caption="Drift checks per signal (all strata and windows of the period); 'below "
+            "tolerance': significant, but the effect is smaller than the tolerance.",
+            widths=(2.2, 0.8, 0.6, 0.6, 0.8, 0.8, 1.0, 0.7),
         )
     )
+    below = sorted(
+        (c for c in data.drift if c.status == "below_tolerance"),
+        key=lambda c: (c.window_start, _stratum_key(c.stratum_kind, c.stratum_value), c.signal),
+    )
+    blocks.append(
+        Paragraph(
+            f"{len(below)} check(s) in this period were significant but below tolerance: "
+            "they are listed here and opened no incident."
+            + (
+                f" The first {BELOW_TOLERANCE_ROWS} are shown."
+                if len(below) > BELOW_TOLERANCE_ROWS
+                else ""
+            ),
+            "note",
+        )
+    )
+    if below:
+        blocks.append(
+            TableBlock(
+                ("window", "stratum", "signal", "p", "adjusted p", "effect", "tolerance"),
+                tuple(
+                    (
+                        f"{_day(c.window_start)}..{_day(c.window_end)}",
+                        _stratum(c.stratum_kind, c.stratum_value),
+                        c.signal,
+                        _p_text(c.p_value),
+                        _p_text(c.p_adjusted),
+                        _effect_text(c, digits=3),
+                        f"{c.min_effect:.2f}" if c.min_effect is not None else "-",
+                    )
+                    for c in below[:BELOW_TOLERANCE_ROWS]
+                ),
+                caption="Significant but below tolerance: why these tests opened nothing.",
+                widths=(1.6, 2.2, 1.6, 0.7, 0.8, 1.0, 0.7),
+            )
+        )
     return Section("drift", "Data drift", blocks)
 
 
