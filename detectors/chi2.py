@@ -48,8 +48,7 @@ from collections import Counter
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.stats import chi2_contingency
-from scipy.stats.contingency import association
+from scipy.stats import chi2 as chi2_distribution
 
 from detectors.base import Data, Detector, DriftResult, check_min_samples
 
@@ -69,6 +68,29 @@ def _category(value: object) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
+
+
+def chi2_homogeneity(table: np.ndarray) -> tuple[float, float, float]:
+    """(statistic, p-value, Cramér's V) of a 2 x k table with positive column totals.
+
+    The same figures as ``scipy.stats.chi2_contingency(table)`` (Yates'
+    correction when there is one degree of freedom) and ``association(table,
+    "cramer", correction=False)``, without their per-call overhead (~1 ms, which
+    is most of the time of 23,000 tests a run at 300 scanners).
+    """
+    observed = table.astype(np.float64)
+    total = observed.sum()
+    expected = np.outer(observed.sum(axis=1), observed.sum(axis=0)) / total
+    dof = (observed.shape[0] - 1) * (observed.shape[1] - 1)
+    plain = float(np.sum((observed - expected) ** 2 / expected))
+    statistic = plain
+    if dof == 1:  # Yates, as scipy: move each cell up to 0.5 towards its expectation
+        diff = expected - observed
+        corrected = observed + np.sign(diff) * np.minimum(0.5, np.abs(diff))
+        statistic = float(np.sum((corrected - expected) ** 2 / expected))
+    p_value = float(chi2_distribution.sf(statistic, dof))
+    cramers_v = math.sqrt(plain / (total * (min(observed.shape) - 1)))
+    return statistic, p_value, cramers_v
 
 
 def population_stability_index(
@@ -131,9 +153,7 @@ class Chi2Detector(Detector, key="chi2"):
         else:
             # Every column has a positive total and both rows hold >= min_samples
             # values, so no expected frequency is zero and scipy does not raise.
-            res = chi2_contingency(table)
-            statistic, p_value = float(res.statistic), float(res.pvalue)
-            cramers_v = float(association(table, method="cramer", correction=False))
+            statistic, p_value, cramers_v = chi2_homogeneity(table)
 
         n_ref, n_win = int(ref.shape[0]), int(win.shape[0])
         ref_shares = table[0] / n_ref
@@ -155,4 +175,10 @@ class Chi2Detector(Detector, key="chi2"):
         )
 
 
-__all__ = ["MISSING", "PSI_FLOOR", "Chi2Detector", "population_stability_index"]
+__all__ = [
+    "MISSING",
+    "PSI_FLOOR",
+    "Chi2Detector",
+    "chi2_homogeneity",
+    "population_stability_index",
+]

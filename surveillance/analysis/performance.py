@@ -339,8 +339,10 @@ def _chart(
     per_day = _per_day(times)
     if not 0.0 < p0 < p1 < 1.0 or per_day * settings.cusum_arl0_days <= 1.0:
         return None
+    # the volume to two significant figures: strata of like volume share one design
+    # (solving for h is the costly step), and ARL0 in days is approximate anyway
     k, h = _cusum_design(
-        round(p0, 6), round(p1, 6), round(per_day, 3), float(settings.cusum_arl0_days)
+        round(p0, 6), round(p1, 6), float(f"{per_day:.2g}"), float(settings.cusum_arl0_days)
     )
     result = cusum(errors, target=p0, k=k, h=h, restart=True)
     design = {

@@ -9,6 +9,9 @@ whose labels changed, all of them after a new reference), or all with ``full``.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,6 +43,19 @@ class ModelCheckResult:
         }
 
 
+def release_memory() -> None:
+    """Give the memory a job freed back to the operating system.
+
+    A drift run and a performance run each peak at a few hundred MB at 1M
+    predictions and free it when they end; glibc keeps freed arenas mapped, so
+    without a trim the second job's peak lands on top of the first one's and the
+    daemon's resident size only ever grows. No-op where there is no glibc.
+    """
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _recorded(
     store: Store, job_id: str, as_of: datetime, work: Callable[[int], list[T]]
 ) -> list[T]:
@@ -52,6 +68,7 @@ def _recorded(
         store.ledger.finish(run_id, error=f"{type(exc).__name__}: {exc}")
         raise
     store.ledger.finish(run_id)
+    release_memory()
     return result
 
 
@@ -103,4 +120,4 @@ def run_checks(
     return results
 
 
-__all__ = ["ModelCheckResult", "run_checks"]
+__all__ = ["ModelCheckResult", "release_memory", "run_checks"]

@@ -47,6 +47,7 @@ from typing import Any
 from surveillance.core.config import Settings
 from surveillance.core.errors import ConfigError
 from surveillance.incidents.alerts.delivery import process_alerts
+from surveillance.scheduling.checks import release_memory
 from surveillance.scheduling.scheduler import JobSpec
 from surveillance.store import Store
 from surveillance.store.partitions import MONTHS_AHEAD, add_months
@@ -65,6 +66,7 @@ class JobContext:
 
 
 def _alerts(ctx: JobContext) -> None:
+    release_memory()  # the checks' peak, back to the system before the next job
     report = process_alerts(ctx.store, ctx.settings)
     if report.queued or report.delivered or report.retrying or report.failed:
         LOG.info("alerts: %s", report)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any
 
@@ -492,20 +492,35 @@ class ChecksRepository(Repository):
             return []
         now = utcnow()
         with self._sessions.scope() as s:
+            names = [f.name for f in fields(drafts[0])]  # shallow: details are JSON already
             values = [
-                {**asdict(draft), "job_run_id": job_run_id, "created_at": now} for draft in drafts
+                {
+                    **{n: getattr(draft, n) for n in names},
+                    "job_run_id": job_run_id,
+                    "created_at": now,
+                }
+                for draft in drafts
             ]
             stmt = _insert(s, table)
             stmt = stmt.on_conflict_do_update(
                 index_elements=key_columns,
                 set_={k: stmt.excluded[k] for k in values[0] if k not in key_columns},
-            ).returning(*table.__table__.c, sort_by_parameter_order=True)
-            # Core executemany (no ORM unit of work) returning the stored rows
-            # themselves: no second SELECT of what was just written
+            )
+            # Core executemany of one short statement (psycopg pipelines it); then the
+            # rows written by this call, read back in one SELECT (a RETURNING over
+            # multi-row VALUES costs more in building the statement than in running it)
             connection = s.connection()
-            rows: list[Any] = []
-            for start in range(0, len(values), 1000):  # one multi-row upsert per chunk
-                rows.extend(connection.execute(stmt, values[start : start + 1000]).all())
+            for start in range(0, len(values), 5000):
+                connection.execute(stmt, values[start : start + 5000])
+            rows: Sequence[Any] = connection.execute(
+                select(*table.__table__.c)
+                .where(
+                    table.model_id.in_({d.model_id for d in drafts}),
+                    table.window_start.in_({d.window_start for d in drafts}),
+                    table.created_at == now,
+                )
+                .order_by(table.id)
+            ).all()
             models = dict(s.execute(select(ModelRow.id, ModelRow.name)).all())
             convert = drift_check if table is DriftCheckRow else performance_check
             result = [convert(r, models[r.model_id]) for r in rows]

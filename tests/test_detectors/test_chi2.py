@@ -7,8 +7,10 @@ import math
 import numpy as np
 import pytest
 from scipy.stats import chi2_contingency
+from scipy.stats.contingency import association
 
 from detectors import Chi2Detector, InsufficientDataError
+from detectors.chi2 import chi2_homogeneity
 
 
 def _repeat(counts: dict[str, int]) -> list[str]:
@@ -104,3 +106,15 @@ def test_too_small_samples_name_sizes() -> None:
 def test_two_dimensional_input_is_rejected() -> None:
     with pytest.raises(ValueError, match="needs a 1-D array of categories"):
         Chi2Detector().fit(np.zeros((40, 2)))
+
+
+@pytest.mark.parametrize("columns", [2, 3, 7])
+def test_chi2_homogeneity_matches_scipy(columns: int) -> None:
+    rng = np.random.default_rng(columns)
+    for _ in range(50):
+        table = rng.integers(1, 60, size=(2, columns))
+        statistic, p_value, v = chi2_homogeneity(table)
+        expected = chi2_contingency(table)
+        assert statistic == pytest.approx(expected.statistic, rel=1e-12)
+        assert p_value == pytest.approx(expected.pvalue, rel=1e-9, abs=1e-300)
+        assert v == pytest.approx(association(table, method="cramer", correction=False), rel=1e-12)
