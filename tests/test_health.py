@@ -142,7 +142,11 @@ def test_running_daemon_answers_readyz_and_metrics(
             time.sleep(0.3)
         assert ready is not None, "the daemon never became ready"
         assert ready["database"] == "ok" and ready["schema"] == "ok"
-        assert ready["services"] == {"KafkaConsumerService": "ok", "scheduler": "ok"}
+        assert ready["services"] == {
+            "KafkaConsumerService": "ok",
+            "check-worker": "ok",
+            "scheduler": "ok",
+        }
         assert requests.get(f"{base}/healthz", timeout=5).status_code == 200
 
         samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
