@@ -526,11 +526,18 @@ def run_performance(
     for finding in sorted(model.findings):
         # labelled windows need the whole labelled history (their CUSUM charts run
         # over it); re-estimating the current window alone needs the calibration
-        # period and the window
+        # period and the window, not the maturity gap between them
         since = horizon - timedelta(days=settings.calibration_days)
-        cases = store.checks.case_table(
-            model.id, finding, None if windows else since, last, fields=fields
-        )
+        if windows:
+            cases = store.checks.case_table(model.id, finding, None, last, fields=fields)
+        else:
+            assert current is not None
+            cases = CaseTable.concat(
+                store.checks.case_table(model.id, finding, since, horizon, fields=fields),
+                store.checks.case_table(
+                    model.id, finding, max(horizon, current.start), last, fields=fields
+                ),
+            )
         matured = int(np.searchsorted(cases.predicted_at, _moment(horizon), side="left"))
         calibrated_from = int(np.searchsorted(cases.predicted_at, _moment(since), side="left"))
         overall_calibration = _calibration(

@@ -213,6 +213,22 @@ class CaseTable:
     def __len__(self) -> int:
         return int(self.score.shape[0])
 
+    @classmethod
+    def concat(cls, first: CaseTable, second: CaseTable) -> CaseTable:
+        """Two tables of the same columns, ``second``'s rows after ``first``'s."""
+        return CaseTable(
+            score=np.concatenate([first.score, second.score]),
+            predicted_at=np.concatenate([first.predicted_at, second.predicted_at]),
+            site=np.concatenate([first.site, second.site]),
+            scanner=np.concatenate([first.scanner, second.scanner]),
+            label=np.concatenate([first.label, second.label]),
+            confirmed_at=np.concatenate([first.confirmed_at, second.confirmed_at]),
+            categorical={
+                k: np.concatenate([v, second.categorical[k]]) for k, v in first.categorical.items()
+            },
+            numeric={k: np.concatenate([v, second.numeric[k]]) for k, v in first.numeric.items()},
+        )
+
     def select(self, mask: np.ndarray) -> CaseTable:
         return CaseTable(
             score=self.score[mask],
