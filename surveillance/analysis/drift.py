@@ -578,10 +578,15 @@ def work_drift_units(
     while max_units is None or done < max_units:
         unit = store.units.claim(DRIFT_JOB, plan_id=plan_id, worker=worker)
         if unit is None:
-            if plan_id is not None and store.units.plan_status(plan_id)["running"]:
-                time.sleep(UNIT_POLL_S)  # another replica is judging one of ours
-                continue
-            break
+            if plan_id is None:
+                break
+            left = store.units.plan_status(plan_id)
+            if not (left["running"] or left["pending"]):
+                break
+            # another replica is judging one of ours (or won the race for the
+            # pending one we saw): wait, and claim whatever comes free
+            time.sleep(UNIT_POLL_S)
+            continue
         try:
             key = (unit.model_id, unit.reference_set_id)
             judge = judges.get(key)

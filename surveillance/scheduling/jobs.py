@@ -66,7 +66,6 @@ class JobContext:
 
 
 def _alerts(ctx: JobContext) -> None:
-    release_memory()  # the checks' peak, back to the system before the next job
     report = process_alerts(ctx.store, ctx.settings)
     if report.queued or report.delivered or report.retrying or report.failed:
         LOG.info("alerts: %s", report)
@@ -89,6 +88,7 @@ def drift_job(ctx: JobContext, scheduled_for: datetime, run_id: int) -> None:
             sum(c.status == "drift" for c in checks),
             [i.id for i in outcome.opened] or "none",
         )
+    release_memory()  # the checks' peak, back to the system before the next job
     _alerts(ctx)
 
 
@@ -110,6 +110,7 @@ def performance_job(ctx: JobContext, scheduled_for: datetime, run_id: int) -> No
             sum(c.status == "breach" for c in labelled),
             [i.id for i in outcome.opened] or "none",
         )
+    release_memory()
     _alerts(ctx)
 
 

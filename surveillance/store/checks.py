@@ -122,7 +122,6 @@ class ChecksRepository(Repository):
             )
             for study_id, present, confirmed_at in dx:
                 labels[study_id] = (present, confirmed_at)  # the latest confirmation wins
-        width = 5 + len(categorical_fields) + len(numeric_fields)
 
         def column(i: int) -> list[Any]:
             out: list[Any] = []
@@ -161,7 +160,6 @@ class ChecksRepository(Repository):
             f: np.array([np.nan if v is None else v for v in column(offset + i)], dtype=float)
             for i, f in enumerate(numeric_fields)
         }
-        assert offset + len(numeric_fields) == width
         return CaseTable(
             score=np.asarray(column(1), dtype=float),
             predicted_at=np.array(
@@ -256,8 +254,8 @@ class ChecksRepository(Repository):
 
         def labelled(name: str, labels: dict[int, str]) -> np.ndarray:
             ids, codes = np.unique(frame[name].to_numpy(np.int64), return_inverse=True)
-            names = np.array([labels.get(int(i)) or NO_METADATA for i in ids], dtype=object)
-            return names[codes] if ids.size else np.empty(0, dtype=object)
+            known = np.array([labels.get(int(i)) or NO_METADATA for i in ids], dtype=object)
+            return known[codes] if ids.size else np.empty(0, dtype=object)
 
         return CaseTable(
             score=frame["score"].to_numpy(np.float64),
