@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import isotonic_regression
-from scipy.stats import norm
+from scipy.special import ndtri  # norm.ppf without importing scipy.stats
 
 ASSUMPTION = (
     "label-free estimate (CBPE): assumes the scores are calibrated in this window, "
@@ -191,7 +191,7 @@ def estimate_performance(
     p = np.asarray(calibrate(s), dtype=np.float64) if calibrate is not None else s
     if p.shape != s.shape or (p.size and (p.min() < 0.0 or p.max() > 1.0)):
         raise ValueError("calibrated probabilities must have the scores' shape and lie in [0, 1]")
-    z = float(norm.ppf(0.5 + confidence / 2.0))
+    z = float(ndtri(0.5 + confidence / 2.0))
     flagged = s >= threshold
     n = int(s.size)
     n_pp = int(flagged.sum())

@@ -36,7 +36,6 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import ks_2samp
 
 from detectors.base import (
     Data,
@@ -55,7 +54,11 @@ def _ks_2samp(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     With ``method="auto"`` scipy tries the exact distribution and, when that
     fails numerically, warns and uses the asymptotic one. We take the same
     fallback explicitly so the result is identical but no warning escapes.
+    Imported here: ``scipy.stats`` costs ~1 s and ~50 MB to import, and most
+    daily check runs have no new window to test.
     """
+    from scipy.stats import ks_2samp
+
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         try:

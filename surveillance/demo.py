@@ -331,7 +331,7 @@ def _print_change_events(
             r.model.id, stratum_kind="scanner", stratum_value=label
         )
         by_signal: dict[str, list[Any]] = {}
-        for c in r.drift:
+        for c in store.checks.drift(r.model.id):  # the whole series: ok windows break runs
             if c.stratum_kind == "scanner" and c.stratum_value == label:
                 by_signal.setdefault(c.signal, []).append(c)
         onsets = [

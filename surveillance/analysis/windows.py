@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import pandas as pd
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,20 +39,18 @@ class Window:
 def groups(values: np.ndarray) -> dict[str, np.ndarray]:
     """Row positions per distinct value of ``values``, each in row order.
 
-    One pass over the rows (a dict of codes, one stable argsort), instead of a
-    boolean mask per value: with 300 scanners a mask each is 300 passes.
+    One hashing pass over the rows (``pandas.factorize``, in C) and one stable
+    argsort, instead of a boolean mask per value: with 300 scanners a mask each
+    is 300 passes, and a Python loop over a million labels costs ~0.5 s.
     """
-    codes: dict[object, int] = {}
-    inverse = np.fromiter(
-        (codes.setdefault(v, len(codes)) for v in values.tolist()),
-        dtype=np.int64,
-        count=len(values),
-    )
-    if not codes:
+    if len(values) == 0:
         return {}
+    inverse, uniques = pd.factorize(values, use_na_sentinel=False)
     order = np.argsort(inverse, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=len(codes)))])
-    return {str(v): order[bounds[c] : bounds[c + 1]] for v, c in codes.items()}
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=len(uniques)))])
+    # a missing value is keyed "None", as str(None) always keyed it
+    names = ["None" if v is None or v != v else str(v) for v in uniques]
+    return {name: order[bounds[c] : bounds[c + 1]] for c, name in enumerate(names)}
 
 
 def floor_day(moment: datetime) -> datetime:

@@ -350,7 +350,11 @@ def apply_policy(
     # the stored series that flagged in the horizon (whole), and this run's checks
     stored_drift = store.checks.drift(model.id, start=since, flagged_series=True)
     stored_perf = store.checks.performance(model.id, start=since, flagged_series=True)
-    drift = {c.id: c for c in stored_drift} | {c.id: c for c in drift_checks}
+    # this run's checks are stored already; those before the horizon are history (a
+    # caller may pass only the flagged ones, and a series needs its ok windows to break runs)
+    drift = {c.id: c for c in stored_drift} | {
+        c.id: c for c in drift_checks if c.window_end > since
+    }
     perf = {c.id: c for c in stored_perf} | {c.id: c for c in performance_checks}
     roots = find_roots(signals_for(model, list(drift.values()), list(perf.values()), settings))
     opened: list[Incident] = []

@@ -25,8 +25,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from scipy.stats import binomtest
-
 from surveillance.incidents.vigilance import VigilanceClass
 from surveillance.store import Store
 
@@ -73,6 +71,8 @@ def trend_test(
         raise ValueError(f"'alpha' must be in (0, 1), got {alpha!r}")
     total = current + baseline
     share = current_days / (current_days + baseline_days)
+    from scipy.stats import binomtest  # imported here: scipy.stats costs ~1 s to import
+
     p = 1.0 if total == 0 else float(binomtest(current, total, share, alternative="greater").pvalue)
     return TrendResult(
         current=current,

@@ -538,13 +538,7 @@ def _write_keyed(
         if _pg_copy_straight(session, spec, [rows[i] for i in candidates]):
             result.inserted = len(candidates)
         else:
-            _pg_copy_temp(session, spec, [rows[i] for i in candidates])
-            before = len(result.conflicts)
-            _find_stored_conflicts(session, spec, rows, units, candidates, result)
-            if len(result.conflicts) != before:
-                candidates = [i for i in candidates if units[i] not in result.conflicts]
-                _pg_copy_temp(session, spec, [rows[i] for i in candidates])
-            result.inserted = _pg_insert_from_temp(session, spec)
+            result.inserted = _pg_staged_insert(session, spec, rows, units, candidates, result)
     else:
         _find_stored_conflicts(session, spec, rows, units, candidates, result)
         candidates = [i for i in candidates if units[i] not in result.conflicts]
@@ -554,6 +548,49 @@ def _write_keyed(
         )
     result.conflict_rows = sum(1 for u in units if u in result.conflicts)
     return result
+
+
+def _pg_staged_insert(
+    session: Session,
+    spec: _Keyed,
+    rows: list[tuple[Any, ...]],
+    units: list[Unit],
+    candidates: list[int],
+    result: _KeyedResult,
+) -> int:
+    """The staging path: stage, drop the records that conflict, insert; returns rows inserted.
+
+    A concurrent writer may hold one of these keys uncommitted while the stored
+    content is looked up: the lookup does not see it, and ``ON CONFLICT`` then
+    waits for that writer and skips the key once it commits. So the keys the
+    insert did not take are looked up again afterwards (a new statement sees the
+    commit); if one of them now holds different content, its record conflicts,
+    and the insert is rolled back to its savepoint and redone without that
+    record, so that a conflicting record is never partly written and never
+    counted as a redelivery.
+    """
+    n = spec.n_key
+    conn = session.connection().connection.driver_connection
+    assert isinstance(conn, psycopg.Connection)
+    while True:
+        _pg_copy_temp(session, spec, [rows[i] for i in candidates])
+        before = len(result.conflicts)
+        _find_stored_conflicts(session, spec, rows, units, candidates, result)
+        if len(result.conflicts) != before:
+            candidates = [i for i in candidates if units[i] not in result.conflicts]
+            _pg_copy_temp(session, spec, [rows[i] for i in candidates])
+        with _driver_errors(), conn.cursor() as cur:
+            cur.execute("SAVEPOINT ingest_staged")
+        claimed = _pg_insert_from_temp(session, spec)
+        skipped = [i for i in candidates if rows[i][:n] not in claimed]
+        before = len(result.conflicts)
+        _find_stored_conflicts(session, spec, rows, units, skipped, result)
+        with _driver_errors(), conn.cursor() as cur:
+            if len(result.conflicts) == before:
+                cur.execute("RELEASE SAVEPOINT ingest_staged")
+                return len(claimed)
+            cur.execute("ROLLBACK TO SAVEPOINT ingest_staged")
+        candidates = [i for i in candidates if units[i] not in result.conflicts]
 
 
 def _find_stored_conflicts(
@@ -626,7 +663,8 @@ def _pg_copy_temp(session: Session, spec: _Keyed, rows: list[tuple[Any, ...]]) -
                 copy.write_row(row)
 
 
-def _pg_insert_from_temp(session: Session, spec: _Keyed) -> int:
+def _pg_insert_from_temp(session: Session, spec: _Keyed) -> set[tuple[Any, ...]]:
+    """Insert the staged rows whose key is free; returns the keys inserted."""
     conn = session.connection().connection.driver_connection
     assert isinstance(conn, psycopg.Connection)
     cols = ", ".join(name for name, _ in spec.columns)
@@ -641,16 +679,17 @@ def _pg_insert_from_temp(session: Session, spec: _Keyed) -> int:
         sql = (
             f"WITH k AS (INSERT INTO {spec.key_table} ({key_cols}) SELECT {key_cols} "
             f"FROM {temp} ORDER BY {order} ON CONFLICT DO NOTHING RETURNING {order}) "
-            f"INSERT INTO {spec.table} ({cols}) SELECT {t_cols} FROM {temp} t JOIN k ON {using}"
+            f"INSERT INTO {spec.table} ({cols}) SELECT {t_cols} FROM {temp} t JOIN k ON {using} "
+            f"RETURNING {order}"
         )
     else:
         sql = (
             f"INSERT INTO {spec.table} ({cols}) SELECT {cols} FROM {temp} "
-            f"ORDER BY {order} ON CONFLICT DO NOTHING"
+            f"ORDER BY {order} ON CONFLICT DO NOTHING RETURNING {order}"
         )
     with _driver_errors(), conn.cursor() as cur:
         cur.execute(sql)
-        return max(cur.rowcount, 0)
+        return {tuple(row) for row in cur}
 
 
 def _conflict_letter(
