@@ -4,9 +4,12 @@ convolution kernel, body part, ...).
 Values are compared as strings: ``None`` and float NaN become the category
 ``"missing"`` (a field that stops being filled in is drift worth seeing), and
 every other value ``v`` becomes ``str(v)`` so the categories in ``details`` are
-JSON keys. The 2 x k contingency table spans the union of the categories seen in
-the reference and the window, so a category that appears only in the window
-(a new scanner) counts against homogeneity instead of being dropped.
+JSON keys. ``fit_counts`` / ``score_counts`` take the same data as category
+counts (from a GROUP BY in the database) and give exactly the same result as
+``fit`` / ``score`` on the values. The 2 x k contingency table spans the union
+of the categories seen in the reference and the window, so a category that
+appears only in the window (a new scanner) counts against homogeneity instead
+of being dropped.
 
 The test is :func:`scipy.stats.chi2_contingency` with its defaults (Yates'
 continuity correction applies only to a 2 x 2 table). When the union holds a
@@ -45,12 +48,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
+from typing import Any, Self
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.stats import chi2 as chi2_distribution
+from scipy.special import chdtrc  # chi2.sf without importing scipy.stats (~1 s, ~50 MB)
 
-from detectors.base import Data, Detector, DriftResult, check_min_samples
+from detectors.base import Data, Detector, DriftResult, NotFittedError, check_min_samples
 
 MISSING = "missing"
 #: Floor on a category share in the PSI (keeps a new category finite).
@@ -88,7 +93,7 @@ def chi2_homogeneity(table: np.ndarray) -> tuple[float, float, float]:
         diff = expected - observed
         corrected = observed + np.sign(diff) * np.minimum(0.5, np.abs(diff))
         statistic = float(np.sum((corrected - expected) ** 2 / expected))
-    p_value = float(chi2_distribution.sf(statistic, dof))
+    p_value = float(chdtrc(dof, statistic))
     cramers_v = math.sqrt(plain / (total * (min(observed.shape) - 1)))
     return statistic, p_value, cramers_v
 
@@ -117,6 +122,8 @@ class Chi2Detector(Detector, key="chi2"):
 
     def __init__(self, alpha: float = 0.05, min_samples: int = 30) -> None:
         super().__init__(alpha=alpha, min_samples=check_min_samples(min_samples))
+        #: The reference's category counts (what every test uses; set by both fits).
+        self._ref_counts: dict[str, int] | None = None
 
     def _prepare(self, data: Categories) -> np.ndarray:
         arr = np.asarray(data, dtype=object)
@@ -134,11 +141,64 @@ class Chi2Detector(Detector, key="chi2"):
             return np.array([_category(v) for v in values], dtype=object)
         return np.array([mapping[(type(v), v)] for v in values], dtype=object)
 
+    # ------------------------------------------------------------- from counts
+
+    def fit_counts(self, counts: Mapping[Any, int]) -> Self:
+        """Fit on category counts instead of values: the same fit as ``fit`` on the
+        values each repeated by its count (``None``/NaN keys count as ``"missing"``,
+        other keys as ``str(key)``; zero counts are no values).
+
+        The same :class:`InsufficientDataError` as ``fit`` below ``min_samples``;
+        a failed refit keeps the previous fit. :attr:`reference` is then the
+        categories repeated by their counts (sorted), built only if asked for.
+        """
+        prepared = category_counts(counts)
+        self._check_total(sum(prepared.values()), "reference")
+        self._ref_counts = prepared
+        self._reference = None
+        return self
+
+    def score_counts(self, counts: Mapping[Any, int]) -> DriftResult:
+        """Test a window given as category counts: exactly ``score`` on the values."""
+        if self._ref_counts is None:
+            _ = self.reference  # raises NotFittedError, as score does
+        prepared = category_counts(counts)
+        self._check_total(sum(prepared.values()), "window")
+        return self._score_counts(prepared)
+
+    @property
+    def fitted(self) -> bool:
+        return self._ref_counts is not None
+
+    @property
+    def reference(self) -> np.ndarray:
+        if self._reference is None and self._ref_counts is not None:
+            categories = sorted(self._ref_counts)
+            self._reference = np.repeat(
+                np.array(categories, dtype=object),
+                [self._ref_counts[c] for c in categories],
+            )
+        if self._reference is None:
+            raise NotFittedError(
+                f"{type(self).__name__} has not been fit: call fit(reference) first"
+            )
+        return self._reference
+
+    def _check_total(self, n: int, what: str) -> None:
+        # the base class's own check and message, on a zero-byte array of n rows
+        self._check_size(np.empty((n, 0)), what)
+
+    # ------------------------------------------------------------------- hooks
+
+    def _fit(self, reference: np.ndarray) -> None:
+        self._ref_counts = Counter(reference.tolist())
+
     def _score(self, window: np.ndarray) -> DriftResult:
-        ref = self.reference
-        win = window
-        ref_map = Counter(ref.tolist())
-        win_map = Counter(win.tolist())
+        return self._score_counts(Counter(window.tolist()))
+
+    def _score_counts(self, win_map: Mapping[str, int]) -> DriftResult:
+        ref_map = self._ref_counts
+        assert ref_map is not None  # fitted: checked by score / score_counts
         categories = sorted(set(ref_map) | set(win_map))
         table = np.array(
             [
@@ -155,12 +215,16 @@ class Chi2Detector(Detector, key="chi2"):
             # values, so no expected frequency is zero and scipy does not raise.
             statistic, p_value, cramers_v = chi2_homogeneity(table)
 
-        n_ref, n_win = int(ref.shape[0]), int(win.shape[0])
+        n_ref, n_win = int(sum(ref_map.values())), int(sum(win_map.values()))
         ref_shares = table[0] / n_ref
         win_shares = table[1] / n_win
-        return self._result(
-            statistic=statistic,
-            p_value=p_value,
+        return DriftResult(  # as Detector._result, with the reference's size from its counts
+            detector=self.key,
+            statistic=float(statistic),
+            p_value=float(p_value),
+            threshold=self.alpha,
+            drifted=bool(p_value < self.alpha),
+            n_reference=n_ref,
             n_window=n_win,
             details={
                 "categories": {
@@ -170,15 +234,31 @@ class Chi2Detector(Detector, key="chi2"):
                 "new_categories": [c for c in categories if c not in ref_map],
                 "psi": population_stability_index(ref_shares, win_shares),
             },
-            effect_size=cramers_v,
+            effect_size=float(cramers_v),
             effect_name="cramers_v",
         )
+
+
+def category_counts(counts: Mapping[Any, int]) -> dict[str, int]:
+    """``counts`` keyed as :class:`Chi2Detector` names categories (``None``/NaN ->
+    ``"missing"``, else ``str``), merged where two keys name one category, zeros dropped."""
+    out: dict[str, int] = {}
+    for key, count in counts.items():
+        if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 0:
+            raise ValueError(
+                f"category counts must be non-negative ints, got {count!r} for {key!r}"
+            )
+        if count:
+            name = key if type(key) is str else _category(key)
+            out[name] = out.get(name, 0) + int(count)
+    return out
 
 
 __all__ = [
     "MISSING",
     "PSI_FLOOR",
     "Chi2Detector",
+    "category_counts",
     "chi2_homogeneity",
     "population_stability_index",
 ]

@@ -341,3 +341,47 @@ def test_check_cli_reports_windows_judged_and_full(sqlite_url: str, tmp_path: Pa
     full = run("check", "--json", "--full", "--model", MODEL, "--as-of", latest)
     assert full.returncode == 0, full.stderr
     assert json.loads(full.stdout)[0]["windows_judged"] == judged
+
+
+def test_an_estimate_only_run_estimates_as_a_full_run_does(
+    store: Store, settings: Settings, pseudonymizer: Pseudonymizer
+) -> None:
+    """The day after a run nothing matures: the run reads only the labelled cases of the
+    calibration period and the current window, and must estimate exactly what a full run
+    (which reads the whole history) estimates."""
+    events, _ = _history(5, 35)
+    Ingestor(store, pseudonymizer, batch_size=2000).ingest_events(events)
+    model = store.registry.model(MODEL)
+    config = settings.performance.model_copy(
+        update={
+            "strata": ["overall", "site"],
+            "window_days": 7,
+            "maturity_days": 14,
+            "calibration_days": 10,
+            "min_samples": 5,
+        }
+    )
+    run_performance(store, model, config, as_of=START + timedelta(days=28))
+    next_day = START + timedelta(days=29)
+
+    def estimates() -> dict[tuple[str, str, str], tuple[object, ...]]:
+        return {
+            (c.stratum_kind, c.stratum_value, c.metric): (
+                c.window_start,
+                c.value,
+                c.ci_lower,
+                c.ci_upper,
+                c.n,
+                c.labelled_fraction,
+                c.details["calibration"],
+            )
+            for c in store.checks.performance(model.id, start=next_day - timedelta(days=7))
+            if c.estimated and c.window_end == next_day
+        }
+
+    assert run_performance(store, model, config, as_of=next_day) == []  # nothing matured
+    incremental = estimates()
+    assert len(incremental) > 3  # overall and sites, several metrics
+    assert any("isotonic" in str(v[-1]) for v in incremental.values())  # really calibrated
+    run_performance(store, model, config, as_of=next_day + timedelta(hours=1), full=True)
+    assert estimates() == incremental

@@ -74,6 +74,7 @@ import math
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -159,23 +160,60 @@ def _signals(
     cases: CaseTable,
     finding: str,
     first_finding: bool,
-    stratum_kind: str,
     present: tuple[str, ...],
 ) -> list[Signal]:
-    """The signals of ``cases``; the same names, in the same order, for any table."""
+    """The per-case signals of ``cases``; the same names, in the same order, for any table.
+
+    The categorical ones (:func:`_metadata_signals`) come after them, from counts.
+    """
     signals = [Signal(f"score:{finding}", "ks", cases.score, family="score")]
     if not first_finding:
         return signals
     if present:
         stacked = np.column_stack([cases.numeric[f] for f in present])
         signals.append(Signal("acquisition", "ks", stacked, present, "acquisition"))
-    for field in CATEGORICAL_FIELDS:
-        signals.append(
-            Signal(f"metadata:{field}", "chi2", cases.categorical[field], family="metadata")
-        )
-    if stratum_kind != "scanner":
-        signals.append(Signal("metadata:scanner", "chi2", cases.scanner, family="metadata"))
     return signals
+
+
+#: No values: the placeholder of a signal tested from category counts.
+_NO_VALUES = np.empty(0, dtype=object)
+
+
+def _metadata_signals(stratum_kind: str) -> list[Signal]:
+    """The chi-squared signals of a stratum kind, tested from category counts."""
+    names = [f"metadata:{field}" for field in CATEGORICAL_FIELDS]
+    if stratum_kind != "scanner":
+        names.append("metadata:scanner")
+    return [Signal(name, "chi2", _NO_VALUES, family="metadata") for name in names]
+
+
+#: Category counts: stratum kind -> stratum value -> signal -> category -> cases.
+StratumCounts = dict[str, dict[str, dict[str, dict[str, int]]]]
+
+
+def _stratum_counts(
+    rows: list[tuple[str, str, str, str, int]], strata_kinds: list[str]
+) -> StratumCounts:
+    """``store.checks.category_counts`` rows summed up to each stratum of ``strata_kinds``.
+
+    The same counts as the value arrays of a case table grouped by stratum:
+    ``metadata:<field>`` per field, and ``metadata:scanner`` (the scanner label
+    of each case, from the rows of one field) for the kinds other than scanner.
+    """
+    out: StratumCounts = {kind: {} for kind in strata_kinds}
+    scanner_field = CATEGORICAL_FIELDS[0]
+    for site, scanner, field, value, n in rows:
+        for kind in strata_kinds:
+            key = "all" if kind == "overall" else site if kind == "site" else scanner
+            if kind not in ("overall", "site", "scanner"):
+                raise ValueError(f"drift strata are overall, site or scanner, not {kind!r}")
+            signals = out[kind].setdefault(key, {})
+            counts = signals.setdefault(f"metadata:{field}", {})
+            counts[value] = counts.get(value, 0) + n
+            if field == scanner_field and kind != "scanner":
+                counts = signals.setdefault("metadata:scanner", {})
+                counts[scanner] = counts.get(scanner, 0) + n
+    return out
 
 
 def _detector(
@@ -217,32 +255,48 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _size(values: np.ndarray | Mapping[str, int]) -> int:
+    if isinstance(values, np.ndarray):
+        return int(values.shape[0])
+    return int(sum(values.values()))
+
+
 def _test(
     signal: Signal,
-    ref_values: np.ndarray,
-    win_values: np.ndarray,
+    ref_values: np.ndarray | Mapping[str, int],
+    win_values: np.ndarray | Mapping[str, int],
     settings: DriftConfig,
     min_samples: int | None = None,
 ) -> dict[str, Any]:
-    """One test, not yet decided: :func:`decide` sets ``ok`` / ``drift`` / ``below_tolerance``."""
+    """One test, not yet decided: :func:`decide` sets ``ok`` / ``drift`` / ``below_tolerance``.
+
+    A chi-squared signal may be given as category counts (both sides): the
+    same row as for the values they count.
+    """
     row: dict[str, Any] = {
         "detector": signal.detector,
         "signal": signal.name,
         "threshold": settings.alpha,
-        "n_reference": int(ref_values.shape[0]),
-        "n_window": int(win_values.shape[0]),
+        "n_reference": _size(ref_values),
+        "n_window": _size(win_values),
         "min_effect": float(getattr(settings.min_effect, signal.family)),
     }
     needed = settings.min_samples if min_samples is None else min_samples
     try:
-        result = _detector(signal, settings, needed).fit(ref_values).score(win_values)
-        if signal.detector == "mmd" and result.p_value < EMBEDDING_REFINE_BELOW:
-            pooled = result.n_reference + result.n_window
-            refine = EMBEDDING_REFINE_PERMUTATIONS
-            if pooled > EMBEDDING_REFINE_MAX_POOLED:
-                refine //= 5
-            detector = _detector(signal, settings, needed, refine)
-            result = detector.fit(ref_values).score(win_values)
+        if isinstance(ref_values, Mapping) or isinstance(win_values, Mapping):
+            if not (isinstance(ref_values, Mapping) and isinstance(win_values, Mapping)):
+                raise TypeError("a test needs values on both sides or counts on both sides")
+            chi2 = Chi2Detector(alpha=settings.alpha, min_samples=needed)
+            result = chi2.fit_counts(ref_values).score_counts(win_values)
+        else:
+            result = _detector(signal, settings, needed).fit(ref_values).score(win_values)
+            if signal.detector == "mmd" and result.p_value < EMBEDDING_REFINE_BELOW:
+                pooled = result.n_reference + result.n_window
+                refine = EMBEDDING_REFINE_PERMUTATIONS
+                if pooled > EMBEDDING_REFINE_MAX_POOLED:
+                    refine //= 5
+                detector = _detector(signal, settings, needed, refine)
+                result = detector.fit(ref_values).score(win_values)
     except InsufficientDataError as exc:
         return {
             **row,
@@ -355,6 +409,11 @@ class DriftJudge:
     and one window, never the history: memory is bounded by the window, and a
     window judged alone (incrementally, or by another replica claiming it) is
     judged exactly as in a full run.
+
+    The case tables hold the scores and numeric fields only: the categorical
+    ``metadata:*`` signals are tested from category counts per site and
+    scanner (``store.checks.category_counts``, a GROUP BY in the database),
+    summed up to each stratum here, with the results of the per-case values.
     """
 
     def __init__(self, store: Store, plan: DriftPlan, settings: DriftConfig) -> None:
@@ -362,18 +421,38 @@ class DriftJudge:
         self._plan = plan
         self._settings = settings
         self._references: dict[str, tuple[CaseTable, dict[str, dict[str, np.ndarray]]]] = {}
+        self._reference_counts: dict[str, StratumCounts] = {}
         self._ref_embeddings: list[tuple[EmbeddingSet, dict[str, dict[str, np.ndarray]]]] | None
         self._ref_embeddings = None
 
     def _reference(self, finding: str) -> tuple[CaseTable, dict[str, dict[str, np.ndarray]]]:
         if finding not in self._references:
             ref = self._plan.reference
-            cases = self._store.checks.case_table(self._plan.model.id, finding, ref.start, ref.end)
+            cases = self._store.checks.case_table(
+                self._plan.model.id,
+                finding,
+                ref.start,
+                ref.end,
+                fields=NUMERIC_FIELDS,
+                labels=False,
+            )
             by_kind: dict[str, dict[str, np.ndarray]] = {
                 kind: groups(cases.stratum(kind)) for kind in self._settings.strata
             }
             self._references[finding] = (cases, by_kind)
         return self._references[finding]
+
+    def _counts(self, finding: str, window: Window) -> StratumCounts:
+        """Category counts of ``finding``'s predictions in ``window``, per stratum."""
+        rows = self._store.checks.category_counts(
+            self._plan.model.id, finding, window.start, window.end, CATEGORICAL_FIELDS
+        )
+        return _stratum_counts(rows, list(self._settings.strata))
+
+    def _reference_counts_of(self, finding: str) -> StratumCounts:
+        if finding not in self._reference_counts:
+            self._reference_counts[finding] = self._counts(finding, self._plan.reference)
+        return self._reference_counts[finding]
 
     def _embedding_references(self) -> list[tuple[EmbeddingSet, dict[str, dict[str, np.ndarray]]]]:
         if self._ref_embeddings is None:
@@ -390,11 +469,17 @@ class DriftJudge:
         rows: list[DriftCheckDraft] = []
         for index, finding in enumerate(sorted(model.findings)):
             ref, ref_groups = self._reference(finding)
-            win = self._store.checks.case_table(model.id, finding, window.start, window.end)
+            win = self._store.checks.case_table(
+                model.id, finding, window.start, window.end, fields=NUMERIC_FIELDS, labels=False
+            )
             present = _present(ref, win)
+            ref_signals = _signals(ref, finding, index == 0, present)
+            win_signals = _signals(win, finding, index == 0, present)
+            # the categorical signals of the first finding: counted in the database
+            ref_counts: StratumCounts = self._reference_counts_of(finding) if index == 0 else {}
+            win_counts: StratumCounts = self._counts(finding, window) if index == 0 else {}
             for stratum_kind in settings.strata:
-                ref_signals = _signals(ref, finding, index == 0, stratum_kind, present)
-                win_signals = _signals(win, finding, index == 0, stratum_kind, present)
+                metadata = _metadata_signals(stratum_kind) if index == 0 else []
                 win_groups = groups(win.stratum(stratum_kind))
                 for value in sorted(win_groups):
                     ref_idx = ref_groups[stratum_kind].get(value, _NONE)
@@ -404,6 +489,16 @@ class DriftJudge:
                             ref_signal,
                             ref_signal.values[ref_idx],
                             win_signal.values[win_idx],
+                            settings,
+                        )
+                        rows.append(self._draft(test, stratum_kind, value, window))
+                    ref_at = ref_counts.get(stratum_kind, {}).get(value, {})
+                    win_at = win_counts.get(stratum_kind, {}).get(value, {})
+                    for signal in metadata:
+                        test = _test(
+                            signal,
+                            ref_at.get(signal.name, {}),
+                            win_at.get(signal.name, {}),
                             settings,
                         )
                         rows.append(self._draft(test, stratum_kind, value, window))

@@ -532,8 +532,10 @@ def run_performance(
             cases = store.checks.case_table(model.id, finding, None, last, fields=fields)
         else:
             assert current is not None
-            cases = CaseTable.concat(
-                store.checks.case_table(model.id, finding, since, horizon, fields=fields),
+            cases = CaseTable.concat(  # the calibration period: only its labelled cases count
+                store.checks.case_table(
+                    model.id, finding, since, horizon, fields=fields, labelled_only=True
+                ),
                 store.checks.case_table(
                     model.id, finding, max(horizon, current.start), last, fields=fields
                 ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import psycopg
-from sqlalchemy import case, func, or_, select, tuple_
+from sqlalchemy import case, func, literal, or_, select, tuple_, union_all
 from sqlalchemy.orm import Session
 
 from surveillance.core.statuses import DriftStatus, PerformanceStatus
@@ -69,12 +70,17 @@ class ChecksRepository(Repository):
         end: datetime | None = None,
         *,
         fields: Sequence[str] | None = None,
+        labelled_only: bool = False,
+        labels: bool = True,
     ) -> CaseTable:
         """Predictions for one finding in [start, end), with metadata and latest labels.
 
         ``fields`` limits the header fields loaded (categorical and numeric; all
         when None): the performance job reads the whole labelled history and
-        needs none of them, so it keeps ~35 bytes a case. Site and scanner
+        needs none of them, so it keeps ~35 bytes a case. ``labelled_only``:
+        only the cases with a (not withdrawn) label, filtered in the database
+        (a calibration period needs no other). ``labels=False`` reads no labels
+        (every case unlabelled): the drift job has no use for them. Site and scanner
         labels are shared string objects (looked up from their ids), and rows
         are read in chunks, so a case costs no Python row object once loaded.
         """
@@ -102,7 +108,14 @@ class ChecksRepository(Repository):
         )
         if self._sessions.engine.dialect.name == "postgresql":
             return self._pg_case_table(
-                model_id, finding, start, end, categorical_fields, numeric_fields
+                model_id,
+                finding,
+                start,
+                end,
+                categorical_fields,
+                numeric_fields,
+                labelled_only=labelled_only,
+                labels=labels,
             )
         with self._sessions.scope() as s:
             sites = {i: label for i, label in s.execute(select(SiteRow.id, SiteRow.label))}
@@ -110,18 +123,22 @@ class ChecksRepository(Repository):
             parts: list[list[Sequence[Any]]] = []
             for chunk in s.execute(stmt.execution_options(yield_per=20_000)).partitions():
                 parts.append(list(zip(*chunk, strict=True)))
-            labels: dict[int, tuple[bool, datetime]] = {}
-            dx = s.execute(  # only the labels of the studies selected above
-                select(DiagnosisRow.study_id, DiagnosisRow.present, DiagnosisRow.confirmed_at)
-                .where(
-                    DiagnosisRow.finding == finding,
-                    DiagnosisRow.withdrawn_at.is_(None),  # entered-in-error reports void it
-                    DiagnosisRow.study_id.in_(select(PredictionRow.study_id).where(*in_range)),
+            found_labels: dict[int, tuple[bool, datetime]] = {}
+            dx = (
+                ()
+                if not labels
+                else s.execute(  # only the labels of the studies selected above
+                    select(DiagnosisRow.study_id, DiagnosisRow.present, DiagnosisRow.confirmed_at)
+                    .where(
+                        DiagnosisRow.finding == finding,
+                        DiagnosisRow.withdrawn_at.is_(None),  # entered-in-error reports void it
+                        DiagnosisRow.study_id.in_(select(PredictionRow.study_id).where(*in_range)),
+                    )
+                    .order_by(DiagnosisRow.confirmed_at)
                 )
-                .order_by(DiagnosisRow.confirmed_at)
             )
             for study_id, present, confirmed_at in dx:
-                labels[study_id] = (present, confirmed_at)  # the latest confirmation wins
+                found_labels[study_id] = (present, confirmed_at)  # the latest confirmation wins
 
         def column(i: int) -> list[Any]:
             out: list[Any] = []
@@ -133,9 +150,9 @@ class ChecksRepository(Repository):
         n = int(study_ids.size)
         label = np.full(n, -1, dtype=np.int8)
         confirmed = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
-        if labels:
+        if found_labels:
             for i, study_id in enumerate(study_ids.tolist()):
-                found = labels.get(study_id)
+                found = found_labels.get(study_id)
                 if found is not None:
                     label[i] = 1 if found[0] else 0
                     confirmed[i] = np.datetime64(found[1].replace(tzinfo=None), "us")
@@ -160,7 +177,7 @@ class ChecksRepository(Repository):
             f: np.array([np.nan if v is None else v for v in column(offset + i)], dtype=float)
             for i, f in enumerate(numeric_fields)
         }
-        return CaseTable(
+        table = CaseTable(
             score=np.asarray(column(1), dtype=float),
             predicted_at=np.array(
                 [t.replace(tzinfo=None) for t in column(2)], dtype="datetime64[us]"
@@ -172,6 +189,7 @@ class ChecksRepository(Repository):
             categorical=categorical,
             numeric=numeric,
         )
+        return table.select(table.label >= 0) if labelled_only else table
 
     def _pg_case_table(
         self,
@@ -181,6 +199,9 @@ class ChecksRepository(Repository):
         end: datetime | None,
         categorical_fields: Sequence[str],
         numeric_fields: Sequence[str],
+        *,
+        labelled_only: bool = False,
+        labels: bool = True,
     ) -> CaseTable:
         """:meth:`case_table` on PostgreSQL: COPY out, parsed by pandas (same result)."""
         where = ["p.model_id = %s", "p.finding = %s"]
@@ -192,6 +213,12 @@ class ChecksRepository(Repository):
             where.append("p.predicted_at < %s")
             params.append(end)
         condition = " AND ".join(where)
+        labelled_filter = (
+            " AND EXISTS (SELECT 1 FROM diagnosis d WHERE d.study_id = p.study_id "
+            "AND d.finding = p.finding AND d.withdrawn_at IS NULL)"
+            if labelled_only
+            else ""
+        )
         epoch_us = "(extract(epoch FROM {}) * 1000000)::bigint"
         columns = [
             "p.study_id",
@@ -208,7 +235,7 @@ class ChecksRepository(Repository):
         cases_sql = (
             f"SELECT {', '.join(columns)} FROM prediction p "
             "JOIN study s ON s.id = p.study_id "
-            f"WHERE {condition} ORDER BY p.predicted_at"
+            f"WHERE {condition}{labelled_filter} ORDER BY p.predicted_at"
         )
         labels_sql = (
             f"SELECT d.study_id, d.present::int, {epoch_us.format('d.confirmed_at')} "
@@ -216,23 +243,32 @@ class ChecksRepository(Repository):
             f"AND d.study_id IN (SELECT p.study_id FROM prediction p WHERE {condition}) "
             "ORDER BY d.confirmed_at, d.id"
         )
-        with self._sessions.scope() as s:
-            sites = {i: label for i, label in s.execute(select(SiteRow.id, SiteRow.label))}
-            devices = {i: label for i, label in s.execute(select(DeviceRow.id, DeviceRow.label))}
-            frame = _pg_copy_frame(
-                s,
-                cases_sql,
-                [*fill, *params],
-                names,
-                ["score", "at", "site", "scanner", *numeric_fields],
-            )
-            dx = _pg_copy_frame(
-                s,
-                labels_sql,
-                [finding, *params],
-                ["study_id", "present", "confirmed"],
-                ["study_id", "present", "confirmed"],
-            )
+
+        def read_labels() -> pd.DataFrame:
+            columns = ["study_id", "present", "confirmed"]
+            if not labels:
+                return pd.DataFrame({name: pd.Series(dtype=np.int64) for name in columns})
+            with self._sessions.scope() as s:
+                return _pg_copy_frame(s, labels_sql, [finding, *params], columns, columns)
+
+        # the labels are read on a second connection while the cases are read and
+        # parsed: the server runs one query while this process parses the other's
+        # rows. A label committed between the two reads is as if it came just after.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            labels_read = pool.submit(read_labels)
+            with self._sessions.scope() as s:
+                sites = {i: label for i, label in s.execute(select(SiteRow.id, SiteRow.label))}
+                devices = {
+                    i: label for i, label in s.execute(select(DeviceRow.id, DeviceRow.label))
+                }
+                frame = _pg_copy_frame(
+                    s,
+                    cases_sql,
+                    [*fill, *params],
+                    names,
+                    ["score", "at", "site", "scanner", *numeric_fields],
+                )
+            dx = labels_read.result()
         n = len(frame)
         label = np.full(n, -1, dtype=np.int8)
         confirmed = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
@@ -315,6 +351,97 @@ class ChecksRepository(Repository):
                 )
                 for site, scanner, value, first, count in s.execute(stmt)
             ]
+
+    def category_counts(
+        self,
+        model_id: int,
+        finding: str,
+        start: datetime | None,
+        end: datetime | None,
+        fields: Sequence[str] = CATEGORICAL_FIELDS,
+    ) -> list[tuple[str, str, str, str, int]]:
+        """Cases per site, scanner and value of each of ``fields`` in [start, end), by GROUP BY.
+
+        Rows (site label, scanner label, field, value, cases): the counts of the
+        value arrays :meth:`case_table` would give for the same predictions, with
+        its labels and conventions (a missing value, site or scanner is
+        :data:`NO_METADATA`), so the categorical drift tests need no case loaded.
+        The cases of a (site, scanner) are the sum of any one field's counts.
+        One statement: ``GROUPING SETS`` on PostgreSQL (one scan), a ``UNION
+        ALL`` of one GROUP BY per field elsewhere.
+        """
+        fields = [f for f in CATEGORICAL_FIELDS if f in set(fields)]
+        if not fields:
+            return []
+        in_range = [PredictionRow.model_id == model_id, PredictionRow.finding == finding]
+        if start is not None:
+            in_range.append(PredictionRow.predicted_at >= start)
+        if end is not None:
+            in_range.append(PredictionRow.predicted_at < end)
+        columns = [getattr(StudyRow, f) for f in fields]
+        postgres = self._sessions.engine.dialect.name == "postgresql"
+        rows: list[tuple[Any, Any, str, Any, int]] = []
+        with self._sessions.scope() as s:
+            sites = {i: label for i, label in s.execute(select(SiteRow.id, SiteRow.label))}
+            devices = {i: label for i, label in s.execute(select(DeviceRow.id, DeviceRow.label))}
+            if postgres:
+                # one set per field; GROUPING(column) = 0 names the set a row belongs to
+                stmt = (
+                    select(
+                        StudyRow.site_id,
+                        StudyRow.device_id,
+                        *columns,
+                        *(func.grouping(c) for c in columns),
+                        func.count(),
+                    )
+                    .select_from(PredictionRow)
+                    .join(StudyRow, StudyRow.id == PredictionRow.study_id)
+                    .where(*in_range)
+                    .group_by(
+                        func.grouping_sets(
+                            *(tuple_(StudyRow.site_id, StudyRow.device_id, c) for c in columns)
+                        )
+                    )
+                )
+                k = len(fields)
+                for row in s.execute(stmt):
+                    j = list(row[2 + k : 2 + 2 * k]).index(0)
+                    rows.append((row[0], row[1], fields[j], row[2 + j], int(row[-1])))
+            else:
+                parts = [
+                    select(
+                        StudyRow.site_id,
+                        StudyRow.device_id,
+                        literal(field),
+                        column,
+                        func.count(),
+                    )
+                    .select_from(PredictionRow)
+                    .join(StudyRow, StudyRow.id == PredictionRow.study_id)
+                    .where(*in_range)
+                    .group_by(StudyRow.site_id, StudyRow.device_id, column)
+                    for field, column in zip(fields, columns, strict=True)
+                ]
+                rows = [(a, b, str(f), v, int(n)) for a, b, f, v, n in s.execute(union_all(*parts))]
+
+        def label(ident: Any, names: dict[int, str]) -> str:
+            # case_table's conventions: PostgreSQL maps an unknown or empty label to
+            # NO_METADATA, SQLite a missing one and str()s the rest
+            name = None if ident is None else names.get(ident)
+            if postgres:
+                return name or NO_METADATA
+            return NO_METADATA if name is None else str(name)
+
+        return [
+            (
+                label(site, sites),
+                label(device, devices),
+                field,
+                NO_METADATA if value is None else str(value),
+                count,
+            )
+            for site, device, field, value, count in rows
+        ]
 
     def judged_drift_windows(
         self, model_id: int, reference_set_id: int
