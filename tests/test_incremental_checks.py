@@ -385,3 +385,26 @@ def test_an_estimate_only_run_estimates_as_a_full_run_does(
     assert any("isotonic" in str(v[-1]) for v in incremental.values())  # really calibrated
     run_performance(store, model, config, as_of=next_day + timedelta(hours=1), full=True)
     assert estimates() == incremental
+
+
+def test_a_drift_run_with_a_tally_counts_every_check_and_holds_the_flagged(
+    store: Store, settings: Settings, pseudonymizer: Pseudonymizer
+) -> None:
+    """What `surveillance check` and the daemon hold: counts of all, objects of the flagged."""
+    from collections import Counter
+
+    from surveillance.analysis.drift import DriftTally
+
+    events, _ = _history(1, 42)
+    Ingestor(store, pseudonymizer, batch_size=2000).ingest_events(events)
+    model = store.registry.model(MODEL)
+    config = _drift_config(settings).model_copy(update={"alpha": 0.5})  # some flag
+    tally = DriftTally()
+    held = run_drift(store, model, config, as_of=START + timedelta(days=35), tally=tally)
+    stored = store.checks.drift(model.id)
+    assert tally.checks == len(stored) > 0
+    assert tally.by_status == Counter(c.status for c in stored)
+    assert tally.windows == _windows(stored) and len(tally.windows) == 3
+    flagged = {c.id for c in stored if c.status != "ok"}
+    assert flagged and len(flagged) < len(stored)  # the test means something
+    assert {c.id for c in held} == flagged

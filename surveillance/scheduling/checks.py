@@ -12,44 +12,19 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import TypeVar
 
-from surveillance.analysis.drift import run_drift
+from surveillance.analysis.drift import DriftTally, run_drift
 from surveillance.analysis.performance import run_performance
 from surveillance.core.config import Settings
-from surveillance.core.statuses import DriftStatus
 from surveillance.incidents.policy import PolicyOutcome, apply_policy
 from surveillance.store import DriftCheck, ModelInfo, PerformanceCheck, Store
 
 T = TypeVar("T")
-R = TypeVar("R")
-
-
-@dataclass(frozen=True, slots=True)
-class DriftTally:
-    """What a drift run judged, without holding its checks.
-
-    A first run at 1M predictions stores ~33k drift checks, nearly all ``ok``;
-    keeping them as objects until the run ends costs ~150 MB, so a run keeps
-    their counts and only the checks that say something (:attr:`ModelCheckResult.drift`).
-    """
-
-    checks: int = 0
-    windows: int = 0
-    by_status: Mapping[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def of(cls, checks: Sequence[DriftCheck]) -> DriftTally:
-        return cls(
-            checks=len(checks),
-            windows=len({(c.window_start, c.window_end) for c in checks}),
-            by_status=dict(Counter(c.status for c in checks)),
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,13 +41,13 @@ class ModelCheckResult:
     drift: tuple[DriftCheck, ...]
     performance: tuple[PerformanceCheck, ...]
     policy: PolicyOutcome
-    drift_tally: DriftTally = DriftTally()
+    drift_tally: DriftTally = field(default_factory=DriftTally)
 
     @property
     def windows_judged(self) -> dict[str, int]:
         """Windows judged by this run per job (0 and 0: nothing needed judging)."""
         return {
-            "drift": self.drift_tally.windows,
+            "drift": len(self.drift_tally.windows),
             "performance": len({(c.window_start, c.window_end) for c in self.performance}),
         }
 
@@ -91,40 +66,33 @@ def release_memory() -> None:
 
 
 def _recorded(
-    store: Store,
-    job_id: str,
-    as_of: datetime,
-    work: Callable[[int], list[T]],
-    keep: Callable[[list[T]], R],
-) -> R:
-    """Run ``work`` once for (job, scheduled time); ``keep`` is what the run holds on to.
-
-    The rest of ``work``'s result is freed, and its memory handed back, before
-    the next job starts.
-    """
+    store: Store, job_id: str, as_of: datetime, work: Callable[[int], list[T]]
+) -> tuple[T, ...]:
     run_id = store.ledger.claim(job_id, as_of)
     if run_id is None:
-        return keep([])  # already ran for this scheduled time
+        return ()  # already ran for this scheduled time
     try:
         result = work(run_id)
     except Exception as exc:
         store.ledger.finish(run_id, error=f"{type(exc).__name__}: {exc}")
         raise
     store.ledger.finish(run_id)
-    kept = keep(result)
-    del result
     release_memory()
-    return kept
-
-
-def _drift_kept(checks: list[DriftCheck]) -> tuple[tuple[DriftCheck, ...], DriftTally]:
-    return tuple(c for c in checks if c.status != DriftStatus.OK), DriftTally.of(checks)
+    return tuple(result)
 
 
 def _drift_job(
-    store: Store, model: ModelInfo, settings: Settings, as_of: datetime, full: bool, run_id: int
+    store: Store,
+    model: ModelInfo,
+    settings: Settings,
+    as_of: datetime,
+    full: bool,
+    tally: DriftTally,
+    run_id: int,
 ) -> list[DriftCheck]:
-    return run_drift(store, model, settings.drift, as_of=as_of, job_run_id=run_id, full=full)
+    return run_drift(
+        store, model, settings.drift, as_of=as_of, job_run_id=run_id, full=full, tally=tally
+    )
 
 
 def _performance_job(
@@ -150,12 +118,12 @@ def run_checks(
     for model in models:
         if progress:
             progress(f"drift checks for {model.name}")
-        drift, tally = _recorded(
+        tally = DriftTally()  # every check counted; only those not ok kept
+        drift = _recorded(
             store,
             f"drift:{model.name}",
             as_of,
-            partial(_drift_job, store, model, settings, as_of, full),
-            _drift_kept,
+            partial(_drift_job, store, model, settings, as_of, full, tally),
         )
         if progress:
             progress(f"performance checks for {model.name}")
@@ -164,7 +132,6 @@ def run_checks(
             f"performance:{model.name}",
             as_of,
             partial(_performance_job, store, model, settings, as_of, full),
-            tuple,
         )
         # the policy reads the flagged series from the store; ok checks add nothing to it
         outcome = apply_policy(store, model, drift, performance, settings.drift, now=as_of)

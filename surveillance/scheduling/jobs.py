@@ -72,20 +72,22 @@ def _alerts(ctx: JobContext) -> None:
 
 
 def drift_job(ctx: JobContext, scheduled_for: datetime, run_id: int) -> None:
-    from surveillance.analysis.drift import run_drift
+    from surveillance.analysis.drift import DriftTally, run_drift
     from surveillance.incidents.policy import apply_policy
 
     for model in ctx.store.registry.models():
-        checks = run_drift(
-            ctx.store, model, ctx.settings.drift, as_of=scheduled_for, job_run_id=run_id
+        tally = DriftTally()  # every check counted; only those not ok held
+        settings = ctx.settings.drift
+        flagged = run_drift(
+            ctx.store, model, settings, as_of=scheduled_for, job_run_id=run_id, tally=tally
         )
-        outcome = apply_policy(ctx.store, model, checks, [], ctx.settings.drift, now=utcnow())
+        outcome = apply_policy(ctx.store, model, flagged, [], ctx.settings.drift, now=utcnow())
         LOG.info(
             "drift %s as of %s: %d checks, %d drifted, incidents opened %s",
             model.name,
             scheduled_for,
-            len(checks),
-            sum(c.status == "drift" for c in checks),
+            tally.checks,
+            tally.by_status["drift"],
             [i.id for i in outcome.opened] or "none",
         )
     release_memory()  # the checks' peak, back to the system before the next job
