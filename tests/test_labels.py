@@ -269,3 +269,52 @@ def test_fhir_ndjson_amended_report_is_a_new_confirmation(tmp_path: Path) -> Non
         "are absent",
         "line is not a JSON object",
     ]
+
+
+def test_case_table_takes_the_latest_confirmation_and_reads_only_what_is_asked(
+    tmp_path: Path, store: Store, ingestor: Ingestor
+) -> None:
+    """Cases with two confirmations, one, and none: the latest confirmation is the label
+    (on PostgreSQL the labels are joined into the COPY, one row per confirmation)."""
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        HEADER
+        + f"d-1,{UID}.1,pneumothorax,yes,report,2026-08-03T09:00:00Z,\n"
+        + f"d-2,{UID}.1,pneumothorax,no,pathology,2026-08-09T09:00:00Z,\n"  # later: wins
+        + f"d-3,{UID}.2,pneumothorax,yes,report,2026-08-04T09:00:00Z,\n"
+    )
+    events = tmp_path / "predictions.jsonl"
+    events.write_text(
+        "\n".join(
+            event_to_jsonl(
+                PredictionEvent(
+                    f"p-{i}",
+                    "cxr-pneumothorax",
+                    "2.1.0",
+                    f"{UID}.{i}",
+                    {"pneumothorax": 0.1 * i},
+                    datetime(2026, 8, i, tzinfo=UTC),
+                )
+            )
+            for i in (1, 2, 3)
+        )
+        + "\n"
+    )
+    ingestor.ingest_jsonl(events)
+    assert ingest_label_file(ingestor, labels).diagnoses_new == 3
+    model_id = store.registry.model("cxr-pneumothorax").id
+
+    cases = store.checks.case_table(model_id, "pneumothorax")
+    assert cases.label.tolist() == [0, 1, -1]
+    assert cases.score.tolist() == [0.1, 0.2, 0.30000000000000004]
+    assert [str(t) for t in cases.confirmed_at] == [
+        "2026-08-09T09:00:00.000000",
+        "2026-08-04T09:00:00.000000",
+        "NaT",
+    ]
+    only = store.checks.case_table(model_id, "pneumothorax", labelled_only=True)
+    assert only.label.tolist() == [0, 1]
+    assert only.score.tolist() == [0.1, 0.2]
+    none = store.checks.case_table(model_id, "pneumothorax", labels=False)
+    assert none.label.tolist() == [-1, -1, -1]
+    assert len(none) == 3
