@@ -46,6 +46,7 @@ def check(
         {
             "model": r.model.name,
             "windows_judged": r.windows_judged,
+            "seconds": round(r.seconds, 2),
             "drift_checks": r.drift_tally.checks,
             "drifted": r.drift_tally.by_status.get("drift", 0),
             "below_tolerance": r.drift_tally.by_status.get("below_tolerance", 0),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +43,8 @@ class ModelCheckResult:
     performance: tuple[PerformanceCheck, ...]
     policy: PolicyOutcome
     drift_tally: DriftTally = field(default_factory=DriftTally)
+    #: wall seconds of the model's jobs and policy (what the daemon pays: no imports)
+    seconds: float = 0.0
 
     @property
     def windows_judged(self) -> dict[str, int]:
@@ -116,6 +119,7 @@ def run_checks(
     models = [store.registry.model(model_name)] if model_name else store.registry.models()
     results = []
     for model in models:
+        started = time.perf_counter()
         if progress:
             progress(f"drift checks for {model.name}")
         tally = DriftTally()  # every check counted; only those not ok kept
@@ -135,7 +139,8 @@ def run_checks(
         )
         # the policy reads the flagged series from the store; ok checks add nothing to it
         outcome = apply_policy(store, model, drift, performance, settings.drift, now=as_of)
-        results.append(ModelCheckResult(model, drift, performance, outcome, tally))
+        seconds = time.perf_counter() - started
+        results.append(ModelCheckResult(model, drift, performance, outcome, tally, seconds))
     return results
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, fields
 from datetime import datetime
 from typing import Any
@@ -212,6 +213,12 @@ class ChecksRepository(Repository):
             where.append("p.predicted_at < %s")
             params.append(end)
         condition = " AND ".join(where)
+        labelled_filter = (
+            " AND EXISTS (SELECT 1 FROM diagnosis d WHERE d.study_id = p.study_id "
+            "AND d.finding = p.finding AND d.withdrawn_at IS NULL)"
+            if labelled_only
+            else ""
+        )
         epoch_us = "(extract(epoch FROM {}) * 1000000)::bigint"
         columns = [
             "p.study_id",
@@ -225,46 +232,55 @@ class ChecksRepository(Repository):
         fill = [NO_METADATA] * len(categorical_fields)
         names = ["study_id", "score", "at", "site", "scanner", *categorical_fields]
         names += numeric_fields
-        numeric = ["score", "at", "site", "scanner", *numeric_fields]
-        joins = "JOIN study s ON s.id = p.study_id"
-        order = "p.predicted_at"
-        labels = labels or labelled_only
-        if labels:
-            # the labels joined in (an inner join: only the labelled cases); a case with
-            # several confirmations comes once per confirmation, the latest last
-            columns += ["p.id", "d.present::int", epoch_us.format("d.confirmed_at")]
-            names += ["prediction_id", "present", "confirmed"]
-            numeric += ["prediction_id", "present", "confirmed"]
-            joins += (
-                f" {'JOIN' if labelled_only else 'LEFT JOIN'} diagnosis d "
-                "ON d.study_id = p.study_id AND d.finding = p.finding AND d.withdrawn_at IS NULL"
-            )
-            order = "p.predicted_at, p.id, d.confirmed_at, d.id"
         cases_sql = (
-            f"SELECT {', '.join(columns)} FROM prediction p {joins} "
-            f"WHERE {condition} ORDER BY {order}"
+            f"SELECT {', '.join(columns)} FROM prediction p "
+            "JOIN study s ON s.id = p.study_id "
+            f"WHERE {condition}{labelled_filter} ORDER BY p.predicted_at"
         )
-        with self._sessions.scope() as s:
-            sites = {i: label for i, label in s.execute(select(SiteRow.id, SiteRow.label))}
-            devices = {i: label for i, label in s.execute(select(DeviceRow.id, DeviceRow.label))}
-            frame = _pg_copy_frame(s, cases_sql, [*fill, *params], names, numeric)
+        labels_sql = (
+            f"SELECT d.study_id, d.present::int, {epoch_us.format('d.confirmed_at')} "
+            "FROM diagnosis d WHERE d.finding = %s AND d.withdrawn_at IS NULL "
+            f"AND d.study_id IN (SELECT p.study_id FROM prediction p WHERE {condition}) "
+            "ORDER BY d.confirmed_at, d.id"
+        )
+
+        def read_labels() -> pd.DataFrame:
+            columns = ["study_id", "present", "confirmed"]
+            if not labels:
+                return pd.DataFrame({name: pd.Series(dtype=np.int64) for name in columns})
+            with self._sessions.scope() as s:
+                return _pg_copy_frame(s, labels_sql, [finding, *params], columns, columns)
+
+        # the labels are read on a second connection while the cases are read and
+        # parsed: the server runs one query while this process parses the other's
+        # rows. A label committed between the two reads is as if it came just after.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            labels_read = pool.submit(read_labels)
+            with self._sessions.scope() as s:
+                sites = {i: label for i, label in s.execute(select(SiteRow.id, SiteRow.label))}
+                devices = {
+                    i: label for i, label in s.execute(select(DeviceRow.id, DeviceRow.label))
+                }
+                frame = _pg_copy_frame(
+                    s,
+                    cases_sql,
+                    [*fill, *params],
+                    names,
+                    ["score", "at", "site", "scanner", *numeric_fields],
+                )
+            dx = labels_read.result()
         n = len(frame)
         label = np.full(n, -1, dtype=np.int8)
         confirmed = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
-        if labels and n:
-            repeated = frame["prediction_id"].duplicated(keep="last")
-            if repeated.any():  # the latest confirmation wins
-                frame = frame[~repeated.to_numpy()].reset_index(drop=True)
-                n = len(frame)
-                label, confirmed = label[:n], confirmed[:n]
-            present = frame["present"].to_numpy(np.float64)
-            found = ~np.isnan(present)
-            label[found] = present[found].astype(np.int8)
+        if len(dx):
+            latest = dx.drop_duplicates("study_id", keep="last")  # the latest confirmation wins
+            where_in = pd.Index(latest["study_id"].to_numpy(np.int64)).get_indexer(
+                frame["study_id"].to_numpy(np.int64)
+            )
+            found = where_in >= 0
+            label[found] = latest["present"].to_numpy(np.int8)[where_in[found]]
             confirmed[found] = (
-                frame["confirmed"]
-                .to_numpy(np.float64)[found]
-                .astype(np.int64)
-                .astype("datetime64[us]")
+                latest["confirmed"].to_numpy(np.int64)[where_in[found]].astype("datetime64[us]")
             )
         interned: dict[str, str] = {}
 
