@@ -43,4 +43,3 @@ def test_bench_check_times_three_runs_and_reports_each_childs_own_figures(
         "next_day_wall_lt_5s",
         "peak_rss_lt_500mb",
     }
-
