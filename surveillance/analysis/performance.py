@@ -74,7 +74,6 @@ but returns only the labelled checks, which the policy judges.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -533,21 +532,14 @@ def run_performance(
             cases = store.checks.case_table(model.id, finding, None, last, fields=fields)
         else:
             assert current is not None
-            # the two periods are read side by side, on two connections: the server
-            # runs one query while this process parses the other's rows
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                window_read = pool.submit(
-                    store.checks.case_table,
-                    model.id,
-                    finding,
-                    max(horizon, current.start),
-                    last,
-                    fields=fields,
-                )
-                calibration_cases = store.checks.case_table(  # only its labelled cases count
+            cases = CaseTable.concat(  # the calibration period: only its labelled cases count
+                store.checks.case_table(
                     model.id, finding, since, horizon, fields=fields, labelled_only=True
-                )
-                cases = CaseTable.concat(calibration_cases, window_read.result())
+                ),
+                store.checks.case_table(
+                    model.id, finding, max(horizon, current.start), last, fields=fields
+                ),
+            )
         matured = int(np.searchsorted(cases.predicted_at, _moment(horizon), side="left"))
         calibrated_from = int(np.searchsorted(cases.predicted_at, _moment(since), side="left"))
         overall_calibration = _calibration(
