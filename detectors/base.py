@@ -198,15 +198,17 @@ class Detector:
         details: dict[str, Any],
         effect_size: float = math.nan,
         effect_name: str = "",
+        n_reference: int | None = None,
     ) -> DriftResult:
-        """A :class:`DriftResult` for this detector and its fitted reference."""
+        """A :class:`DriftResult` for this detector and its fitted reference
+        (``n_reference``: its size, when the detector keeps it in another form)."""
         return DriftResult(
             detector=self.key,
             statistic=float(statistic),
             p_value=float(p_value),
             threshold=self.alpha,
             drifted=bool(p_value < self.alpha),
-            n_reference=int(self.reference.shape[0]),
+            n_reference=int(self.reference.shape[0] if n_reference is None else n_reference),
             n_window=int(n_window),
             details=details,
             effect_size=float(effect_size),

@@ -218,13 +218,10 @@ class Chi2Detector(Detector, key="chi2"):
         n_ref, n_win = int(sum(ref_map.values())), int(sum(win_map.values()))
         ref_shares = table[0] / n_ref
         win_shares = table[1] / n_win
-        return DriftResult(  # as Detector._result, with the reference's size from its counts
-            detector=self.key,
-            statistic=float(statistic),
-            p_value=float(p_value),
-            threshold=self.alpha,
-            drifted=bool(p_value < self.alpha),
-            n_reference=n_ref,
+        return self._result(
+            statistic=statistic,
+            p_value=p_value,
+            n_reference=n_ref,  # from the counts: the values are never expanded
             n_window=n_win,
             details={
                 "categories": {
@@ -234,7 +231,7 @@ class Chi2Detector(Detector, key="chi2"):
                 "new_categories": [c for c in categories if c not in ref_map],
                 "psi": population_stability_index(ref_shares, win_shares),
             },
-            effect_size=float(cramers_v),
+            effect_size=cramers_v,
             effect_name="cramers_v",
         )
 

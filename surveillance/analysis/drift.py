@@ -205,9 +205,8 @@ def _stratum_counts(
     scanner_field = CATEGORICAL_FIELDS[0]
     for site, scanner, field, value, n in rows:
         for kind in strata_kinds:
+            # [drift] strata is overall, site or scanner (the config allows no other)
             key = "all" if kind == "overall" else site if kind == "site" else scanner
-            if kind not in ("overall", "site", "scanner"):
-                raise ValueError(f"drift strata are overall, site or scanner, not {kind!r}")
             signals = out[kind].setdefault(key, {})
             counts = signals.setdefault(f"metadata:{field}", {})
             counts[value] = counts.get(value, 0) + n

@@ -81,7 +81,7 @@ def drift_job(ctx: JobContext, scheduled_for: datetime, run_id: int) -> None:
         flagged = run_drift(
             ctx.store, model, settings, as_of=scheduled_for, job_run_id=run_id, tally=tally
         )
-        outcome = apply_policy(ctx.store, model, flagged, [], ctx.settings.drift, now=utcnow())
+        outcome = apply_policy(ctx.store, model, flagged, [], settings, now=utcnow())
         LOG.info(
             "drift %s as of %s: %d checks, %d drifted, incidents opened %s",
             model.name,

@@ -245,17 +245,15 @@ class ChecksRepository(Repository):
         )
 
         def read_labels() -> pd.DataFrame:
-            columns = ["study_id", "present", "confirmed"]
-            if not labels:
-                return pd.DataFrame({name: pd.Series(dtype=np.int64) for name in columns})
             with self._sessions.scope() as s:
+                columns = ["study_id", "present", "confirmed"]
                 return _pg_copy_frame(s, labels_sql, [finding, *params], columns, columns)
 
         # the labels are read on a second connection while the cases are read and
         # parsed: the server runs one query while this process parses the other's
         # rows. A label committed between the two reads is as if it came just after.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            labels_read = pool.submit(read_labels)
+            labels_read = pool.submit(read_labels) if labels else None
             with self._sessions.scope() as s:
                 sites = {i: label for i, label in s.execute(select(SiteRow.id, SiteRow.label))}
                 devices = {
@@ -268,7 +266,7 @@ class ChecksRepository(Repository):
                     names,
                     ["score", "at", "site", "scanner", *numeric_fields],
                 )
-            dx = labels_read.result()
+            dx = labels_read.result() if labels_read is not None else pd.DataFrame()
         n = len(frame)
         label = np.full(n, -1, dtype=np.int8)
         confirmed = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")

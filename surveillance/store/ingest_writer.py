@@ -590,6 +590,7 @@ def _pg_staged_insert(
                 cur.execute("RELEASE SAVEPOINT ingest_staged")
                 return len(claimed)
             cur.execute("ROLLBACK TO SAVEPOINT ingest_staged")
+            cur.execute("RELEASE SAVEPOINT ingest_staged")
         candidates = [i for i in candidates if units[i] not in result.conflicts]
 
 
